@@ -1,0 +1,20 @@
+//! The printfleet API, `printfleet.io/v1alpha1`: the three kinds a user applies
+//! (to a cluster, or in a file for the standalone spooler) and their validation.
+
+pub mod common;
+pub mod policy;
+pub mod printer;
+pub mod queue;
+pub mod validate;
+
+pub use common::{Condition, SecretKeyRef};
+pub use policy::{AccountingPolicy, AccountingPolicySpec};
+pub use printer::{Printer, PrinterSpec, PrinterStatus};
+pub use queue::{PrintQueue, PrintQueueSpec, PrintQueueStatus};
+
+/// The API group of every printfleet kind.
+pub const GROUP: &str = "printfleet.io";
+/// The API version of every printfleet kind.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as it appears in YAML.
+pub const API_VERSION: &str = "printfleet.io/v1alpha1";
