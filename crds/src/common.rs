@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret.
+    #[schemars(regex(pattern = crate::validate::NAME_PATTERN))]
     pub name: String,
     /// Key inside the Secret.
+    #[schemars(regex(pattern = crate::validate::SECRET_KEY_PATTERN))]
     pub key: String,
 }
 

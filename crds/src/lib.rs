@@ -2,9 +2,11 @@
 //! (to a cluster, or in a file for the standalone spooler) and their validation.
 
 pub mod common;
+pub mod manifests;
 pub mod policy;
 pub mod printer;
 pub mod queue;
+mod schema;
 pub mod validate;
 
 pub use common::{Condition, SecretKeyRef};

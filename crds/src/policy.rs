@@ -9,6 +9,8 @@ use crate::common::Condition;
 /// How jobs on the queues that use this policy are priced and limited.
 ///
 /// Money is written as decimal strings (`"0.05"`) and kept in integer minor units.
+// clippy takes the repeated `type_ = ...` of the printcolumns for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
     group = "printfleet.io",
@@ -16,20 +18,31 @@ use crate::common::Condition;
     kind = "AccountingPolicy",
     namespaced,
     status = "AccountingPolicyStatus",
-    shortname = "ap"
+    shortname = "ap",
+    printcolumn(name = "Currency", type_ = "string", json_path = ".spec.currency"),
+    printcolumn(name = "Queues", type_ = "integer", json_path = ".status.queues"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema::policy_spec_rules)]
 pub struct AccountingPolicySpec {
     /// ISO 4217 currency code, e.g. `EUR`.
+    #[schemars(regex(pattern = crate::validate::CURRENCY_PATTERN))]
     pub currency: String,
     /// IANA time zone in which quota periods start, e.g. `Europe/Berlin` (default UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::validate::TIME_ZONE_PATTERN))]
     pub time_zone: Option<String>,
     /// Prices per impression and per job.
     #[serde(default)]
     pub prices: Prices,
     /// Limits per user and per group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub quotas: Vec<Quota>,
     /// Billing codes (`job-account-id`) jobs must or may carry.
     #[serde(default)]
@@ -45,18 +58,24 @@ pub struct AccountingPolicySpec {
 pub struct Prices {
     /// Price of one monochrome impression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::validate::DECIMAL_PATTERN))]
     pub mono_impression: Option<String>,
     /// Price of one color impression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::validate::DECIMAL_PATTERN))]
     pub color_impression: Option<String>,
     /// Fee per job, whatever its size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::validate::DECIMAL_PATTERN))]
     pub per_job: Option<String>,
     /// Multiplier for two-sided impressions, as a decimal (`"0.8"` makes duplex 20% cheaper).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::validate::DECIMAL_PATTERN))]
     pub duplex_factor: Option<String>,
     /// Overrides by media size.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["media"]))]
     pub media: Vec<MediaPrice>,
 }
 
@@ -65,24 +84,30 @@ pub struct Prices {
 #[serde(rename_all = "camelCase")]
 pub struct MediaPrice {
     /// PWG media name, e.g. `iso_a3_297x420mm`.
+    #[schemars(regex(pattern = crate::validate::MEDIA_PATTERN))]
     pub media: String,
     /// Price of one monochrome impression on this media.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::validate::DECIMAL_PATTERN))]
     pub mono_impression: Option<String>,
     /// Price of one color impression on this media.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::validate::DECIMAL_PATTERN))]
     pub color_impression: Option<String>,
 }
 
 /// A spending limit for a user or a group per period.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema::quota_rules)]
 pub struct Quota {
     /// Exactly one of `user`, `group` or `allUsers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub user: Option<String>,
     /// A group from the credentials file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub group: Option<String>,
     /// Applies to each user separately.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -91,6 +116,7 @@ pub struct Quota {
     pub period: QuotaPeriod,
     /// Most money spent in one period, as a decimal string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::validate::DECIMAL_PATTERN))]
     pub max_amount: Option<String>,
     /// Most impressions in one period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +161,7 @@ pub struct BillingCodes {
     pub required: bool,
     /// The codes accepted; empty accepts any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed: Vec<String>,
 }
 

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Condition, SecretKeyRef};
 
 /// One physical (or virtual) printer and how to reach it.
+// clippy takes the repeated `type_ = ...` of the printcolumns for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
     group = "printfleet.io",
@@ -14,12 +16,26 @@ use crate::common::{Condition, SecretKeyRef};
     kind = "Printer",
     namespaced,
     status = "PrinterStatus",
-    shortname = "prn"
+    shortname = "prn",
+    printcolumn(name = "URI", type_ = "string", json_path = ".spec.uri"),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.printerState"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema::printer_spec_rules)]
 pub struct PrinterSpec {
     /// Where the printer is: `ipp://`, `ipps://`, `socket://host:9100`, `lpd://host/queue`
     /// or `file:///directory`.
+    #[schemars(regex(pattern = crate::validate::PRINTER_URI_PATTERN))]
     pub uri: String,
     /// Human description, shown as `printer-info`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -56,12 +72,14 @@ pub struct PrinterCapabilities {
     pub duplex: bool,
     /// PWG self-describing media names, e.g. `iso_a4_210x297mm`; the first is the default.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(regex(pattern = crate::validate::MEDIA_PATTERN)))]
     pub media: Vec<String>,
     /// MIME types the device accepts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub document_formats: Vec<String>,
     /// Resolutions in dots per inch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = 1, max = 10_000)))]
     pub resolutions_dpi: Vec<u32>,
 }
 
@@ -93,5 +111,6 @@ pub struct SupplyLevel {
     /// `marker-names` entry.
     pub name: String,
     /// Percent full, 0..=100, or -1 when unknown.
+    #[schemars(range(min = -1, max = 100))]
     pub level: i32,
 }

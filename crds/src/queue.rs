@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use crate::common::{Condition, SecretKeyRef};
 
 /// A print queue: a name users print to, backed by one printer or a pool.
+// clippy takes the repeated `type_ = ...` of the printcolumns for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
     group = "printfleet.io",
@@ -14,14 +16,30 @@ use crate::common::{Condition, SecretKeyRef};
     kind = "PrintQueue",
     namespaced,
     status = "PrintQueueStatus",
-    shortname = "pq"
+    shortname = "pq",
+    printcolumn(name = "Printers", type_ = "string", json_path = ".spec.printers"),
+    printcolumn(name = "Shard", type_ = "string", json_path = ".status.shard"),
+    printcolumn(name = "Depth", type_ = "integer", json_path = ".status.depth"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PrintQueueSpec {
     /// Printer names; more than one makes a pool whose jobs fail over to a healthy member.
+    #[schemars(length(min = 1), inner(regex(pattern = crate::validate::NAME_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub printers: Vec<String>,
     /// Name of the AccountingPolicy that prices and limits this queue's jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::validate::NAME_PATTERN))]
     pub accounting_policy: Option<String>,
     /// Human description, shown as `printer-info`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,12 +61,14 @@ pub struct PrintQueueSpec {
     pub retention: Retention,
     /// Largest document accepted, in bytes (the spooler's `--max-document-size` otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_document_bytes: Option<u64>,
 }
 
 /// How users are identified and what they may do.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema::access_rules_rules)]
 pub struct AccessRules {
     /// `none` trusts `requesting-user-name`; `basic` requires HTTP Basic authentication.
     #[serde(default)]
@@ -85,12 +105,15 @@ pub enum AuthenticationMode {
 pub struct JobDefaults {
     /// `one-sided`, `two-sided-long-edge` or `two-sided-short-edge`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = crate::validate::SIDES_VALUES))]
     pub sides: Option<String>,
     /// `print-color-mode`: `monochrome`, `color` or `auto`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = crate::validate::COLOR_MODE_VALUES))]
     pub color_mode: Option<String>,
     /// PWG media name, e.g. `iso_a4_210x297mm`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::validate::MEDIA_PATTERN))]
     pub media: Option<String>,
 }
 
@@ -103,6 +126,7 @@ pub struct Retention {
     pub history_seconds: Option<u64>,
     /// At most this many finished jobs per queue (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_jobs: Option<u32>,
 }
 

@@ -1,10 +1,24 @@
 //! Dispatch: one worker per printer takes jobs from the store and sends them on.
+//!
+//! The store's atomic claim is the only guard against printing a job twice: a worker
+//! sends nothing it did not claim. A pool fails over by itself, because every member's
+//! worker claims from the same queues and a failing printer stops claiming while it is
+//! down.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{Notify, broadcast};
+use printfleet_crds::PrinterSpec;
+use printfleet_crds::queue::Retention;
+use tokio::sync::futures::Notified;
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::JoinHandle;
 
-use crate::job::JobId;
+use crate::app::App;
+use crate::job::{Claimer, JobId};
+
+mod worker;
 
 /// What the rest of the spooler uses to poke the dispatcher.
 #[derive(Clone)]
@@ -33,8 +47,9 @@ impl DispatchHandle {
         let _ = self.cancels.send(id);
     }
 
-    /// Wait for `wake`.
-    pub fn woken(&self) -> impl std::future::Future<Output = ()> + '_ {
+    /// Wait for `wake`. Calling `enable` on the pinned future registers interest at
+    /// once, so a wake that comes before it is awaited is not lost.
+    pub fn woken(&self) -> Notified<'_> {
         self.wake.notified()
     }
 
@@ -49,3 +64,262 @@ impl Default for DispatchHandle {
         DispatchHandle::new()
     }
 }
+
+/// The dispatcher's timings; the defaults suit production, tests shorten them.
+#[derive(Clone, Debug)]
+pub struct DispatchSettings {
+    /// Longest wait for work without a wake (so `retry_at` times are honoured).
+    pub idle_poll: Duration,
+    /// Re-probe a printer that is down after this, doubling up to `probe_backoff_max`.
+    pub probe_backoff_initial: Duration,
+    pub probe_backoff_max: Duration,
+    /// Re-probe a healthy, idle printer this often, so a dead one stops claiming jobs
+    /// that a healthy pool member could take.
+    pub health_recheck: Duration,
+    /// A failed job waits `retry_base` doubled per attempt, at most `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How often the queue depth gauges are refreshed.
+    pub depth_interval: Duration,
+    /// How often finished jobs beyond their queue's retention are purged.
+    pub retention_interval: Duration,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        DispatchSettings {
+            idle_poll: Duration::from_secs(1),
+            probe_backoff_initial: Duration::from_secs(1),
+            probe_backoff_max: Duration::from_secs(60),
+            health_recheck: Duration::from_secs(30),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(300),
+            depth_interval: Duration::from_secs(15),
+            retention_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Runs the dispatcher with default settings until `shutdown` turns true (or its sender
+/// is dropped). Workers finish the job they are sending before they exit.
+pub async fn run(app: Arc<App>, claimer: Claimer, shutdown: watch::Receiver<bool>) {
+    run_with(app, claimer, DispatchSettings::default(), shutdown).await
+}
+
+/// A printer's running worker.
+struct WorkerSlot {
+    spec: PrinterSpec,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Runs the dispatcher: one worker per configured printer, reconciled whenever the
+/// configuration changes, plus the housekeeping (queue depths, history retention).
+pub async fn run_with(
+    app: Arc<App>,
+    claimer: Claimer,
+    settings: DispatchSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let housekeeping = tokio::spawn(housekeeping(
+        app.clone(),
+        settings.clone(),
+        shutdown.clone(),
+    ));
+    let mut config = app.config.clone();
+    let mut workers: BTreeMap<String, WorkerSlot> = BTreeMap::new();
+    let mut retiring: Vec<JoinHandle<()>> = Vec::new();
+    loop {
+        config.borrow_and_update();
+        reconcile(&app, &claimer, &settings, &mut workers, &mut retiring);
+        tokio::select! {
+            changed = config.changed() => {
+                if changed.is_err() {
+                    // The configuration can no longer change; serve it until shutdown.
+                    stopped(&mut shutdown).await;
+                    break;
+                }
+            }
+            _ = stopped(&mut shutdown) => break,
+        }
+    }
+    for slot in workers.values() {
+        let _ = slot.stop.send(true);
+    }
+    for task in workers.into_values().map(|slot| slot.task).chain(retiring) {
+        let _ = task.await;
+    }
+    let _ = housekeeping.await;
+}
+
+/// Starts workers for new printers, replaces those whose spec changed, and stops those
+/// that were removed (after their current job).
+fn reconcile(
+    app: &Arc<App>,
+    claimer: &Claimer,
+    settings: &DispatchSettings,
+    workers: &mut BTreeMap<String, WorkerSlot>,
+    retiring: &mut Vec<JoinHandle<()>>,
+) {
+    let config = app.config();
+    retiring.retain(|task| !task.is_finished());
+    let outdated: Vec<String> = workers
+        .iter()
+        .filter(|(name, slot)| config.printers.get(*name) != Some(&slot.spec))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in outdated {
+        let Some(slot) = workers.remove(&name) else {
+            continue;
+        };
+        let _ = slot.stop.send(true);
+        if config.printers.contains_key(&name) {
+            tracing::info!(printer = %name, "printer changed; restarting its worker");
+            let replacement = start_worker(
+                app,
+                claimer,
+                settings,
+                &name,
+                &config.printers[&name],
+                Some(slot.task),
+            );
+            workers.insert(name, replacement);
+        } else {
+            tracing::info!(printer = %name, "printer removed; its worker stops after its current job");
+            let _ = app.metrics.printer_up.remove_label_values(&[name.as_str()]);
+            retiring.push(slot.task);
+        }
+    }
+    for (name, spec) in &config.printers {
+        if !workers.contains_key(name) {
+            tracing::info!(printer = %name, "starting a worker");
+            let slot = start_worker(app, claimer, settings, name, spec, None);
+            workers.insert(name.clone(), slot);
+        }
+    }
+}
+
+fn start_worker(
+    app: &Arc<App>,
+    claimer: &Claimer,
+    settings: &DispatchSettings,
+    name: &str,
+    spec: &PrinterSpec,
+    previous: Option<JoinHandle<()>>,
+) -> WorkerSlot {
+    let (stop, stop_receiver) = watch::channel(false);
+    let worker = worker::PrinterWorker {
+        app: app.clone(),
+        claimer: claimer.clone(),
+        settings: settings.clone(),
+        name: name.to_owned(),
+        spec: spec.clone(),
+        stop: stop_receiver,
+    };
+    WorkerSlot {
+        spec: spec.clone(),
+        stop,
+        task: tokio::spawn(worker.run(previous)),
+    }
+}
+
+/// Resolves once `signal` is true or its sender is gone.
+async fn stopped(signal: &mut watch::Receiver<bool>) {
+    loop {
+        if *signal.borrow_and_update() {
+            return;
+        }
+        if signal.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+pub(crate) fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// Finished jobs are kept this long by default (7 days)...
+const DEFAULT_HISTORY_SECONDS: u64 = 7 * 24 * 3600;
+/// ...and at most this many per queue.
+const DEFAULT_MAX_JOBS: u32 = 1000;
+
+/// The history a queue keeps: finished before which unix second jobs go, and how many
+/// newer ones stay at most.
+fn retention_limits(retention: &Retention, now_seconds: i64) -> (i64, u32) {
+    let keep_seconds = retention.history_seconds.unwrap_or(DEFAULT_HISTORY_SECONDS);
+    let finished_before =
+        now_seconds.saturating_sub(i64::try_from(keep_seconds).unwrap_or(i64::MAX));
+    (
+        finished_before,
+        retention.max_jobs.unwrap_or(DEFAULT_MAX_JOBS),
+    )
+}
+
+/// Periodic work that is no single printer's: queue depth gauges and history retention.
+async fn housekeeping(
+    app: Arc<App>,
+    settings: DispatchSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut depths = tokio::time::interval(settings.depth_interval);
+    let mut retention = tokio::time::interval(settings.retention_interval);
+    depths.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = depths.tick() => update_queue_depths(&app).await,
+            _ = retention.tick() => purge_history(&app).await,
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+async fn update_queue_depths(app: &App) {
+    let depths = match app.store.queue_depths().await {
+        Ok(depths) => depths,
+        Err(error) => {
+            tracing::warn!(%error, "reading queue depths");
+            return;
+        }
+    };
+    // Only configured queues get a label: the label set stays bounded.
+    for queue in app.config().queues.keys() {
+        let depth = depths
+            .iter()
+            .find(|(name, _)| name == queue)
+            .map_or(0, |(_, depth)| *depth);
+        app.metrics
+            .queue_depth
+            .with_label_values(&[queue.as_str()])
+            .set(depth);
+    }
+}
+
+async fn purge_history(app: &App) {
+    let now_seconds = now_millis() / 1000;
+    for (queue, spec) in &app.config().queues {
+        let (finished_before, keep_at_most) = retention_limits(&spec.retention, now_seconds);
+        let keys = match app
+            .store
+            .purge_history(queue, finished_before, keep_at_most)
+            .await
+        {
+            Ok(keys) => keys,
+            Err(error) => {
+                tracing::warn!(%error, queue = %queue, "purging job history");
+                continue;
+            }
+        };
+        for key in keys {
+            if let Err(error) = app.documents.delete(&key).await {
+                tracing::warn!(%error, queue = %queue, key = %key, "deleting a purged job's document");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

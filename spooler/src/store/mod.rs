@@ -10,11 +10,15 @@ use bytes::Bytes;
 
 use crate::job::{Claimer, Job, JobId, JobState, NewDocument, NewJob};
 
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod documents;
 pub mod spool;
 pub mod sqlite;
 
-pub use documents::{DocumentStore, DocumentWriter};
+pub use documents::{DocumentStore, DocumentWriter, LocalDocumentStore};
+pub use spool::{SpoolError, SpoolLimits, SpooledDocument, spool_document};
+pub use sqlite::SqliteJobStore;
 
 /// What can go wrong in a store.
 #[derive(Debug, thiserror::Error)]

@@ -1,1 +1,1247 @@
-//! (being written)
+//! The embedded job store: one SQLite file, for a spooler that runs alone.
+//!
+//! Every write goes through one writer thread that owns the only write connection. It takes
+//! every request waiting in its channel, applies each inside its own SAVEPOINT of a single
+//! transaction and commits once, so concurrent submissions share one fsync (group commit)
+//! while a request that fails never spoils its neighbours. Reads run on a small pool of
+//! read-only connections, which WAL lets proceed while the writer commits.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, types::Type};
+use tokio::sync::oneshot;
+
+use super::{JobQuery, JobStore, Outcome, StoreError, UserAction, WhichJobs};
+use crate::job::{
+    Claimer, DocumentBody, DocumentInfo, Job, JobId, JobState, JobTicket, NewDocument, NewJob,
+};
+
+/// `job-state-reasons` keywords the store sets (RFC 8011 section 5.3.8).
+const REASON_INCOMING: &str = "job-incoming";
+const REASON_HOLD: &str = "job-hold-until-specified";
+const REASON_CANCELED: &str = "job-canceled-by-user";
+const REASON_PRINTING: &str = "job-printing";
+const REASON_COMPLETED: &str = "job-completed-successfully";
+const REASON_ABORTED: &str = "aborted-by-system";
+
+/// Schema migrations; `PRAGMA user_version` counts how many were applied.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        originating_host TEXT,
+        priority INTEGER NOT NULL,
+        state INTEGER NOT NULL,
+        reasons TEXT NOT NULL,
+        message TEXT,
+        ticket TEXT NOT NULL,
+        documents_complete INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        processing_at INTEGER,
+        completed_at INTEGER,
+        printer TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        impressions_completed INTEGER,
+        sheets_completed INTEGER,
+        claimer_id TEXT,
+        claimer_epoch INTEGER,
+        retry_at_ms INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX jobs_by_claim_order ON jobs (state, priority DESC, id);
+    CREATE INDEX jobs_by_queue ON jobs (queue, state, completed_at);
+    CREATE TABLE documents (
+        job_id INTEGER NOT NULL REFERENCES jobs (id),
+        number INTEGER NOT NULL,
+        format TEXT NOT NULL,
+        name TEXT,
+        size INTEGER NOT NULL,
+        key TEXT,
+        inline BLOB,
+        PRIMARY KEY (job_id, number)
+    );
+    CREATE TABLE paused_queues (queue TEXT PRIMARY KEY) WITHOUT ROWID;
+    CREATE TABLE epochs (claimer_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL) WITHOUT ROWID;
+"];
+
+/// Most requests committed by one transaction, so one batch cannot starve the next callers.
+const MAX_BATCH: usize = 1024;
+/// How long a connection waits for another process holding the database lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read connections kept open between reads.
+const IDLE_READERS: usize = 4;
+
+/// `SELECT` of every job column, in the order `job_from_row` reads them.
+macro_rules! select_jobs {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, queue, owner, name, originating_host, priority, state, reasons, message, \
+             ticket, documents_complete, created_at, processing_at, completed_at, printer, \
+             attempts, impressions_completed, sheets_completed FROM jobs ",
+            $rest
+        )
+    };
+}
+
+/// A job store in one SQLite file (WAL, `synchronous=FULL`: a commit is durable).
+pub struct SqliteJobStore {
+    /// `None` only while dropping, so the writer thread sees the channel close.
+    writer: Option<mpsc::Sender<Box<dyn WriteRequest>>>,
+    writer_thread: Option<JoinHandle<()>>,
+    readers: Arc<ReadPool>,
+    commits: Arc<AtomicU64>,
+}
+
+impl SqliteJobStore {
+    /// Open (creating or migrating) the database at `path` and start its writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        configure_writer(&conn)?;
+        migrate(&mut conn)?;
+        let (writer, requests) = mpsc::channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer_commits = commits.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_writer(conn, requests, &writer_commits))
+            .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteJobStore {
+            writer: Some(writer),
+            writer_thread: Some(writer_thread),
+            readers: Arc::new(ReadPool {
+                path: path.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            commits,
+        })
+    }
+
+    /// Write transactions committed since `open` (one fsync each, however many requests
+    /// they carried).
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Run `work` on the writer thread inside the next group-committed transaction; the
+    /// answer arrives once that transaction is durable.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let request = Box::new(Request {
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        self.writer
+            .as_ref()
+            .ok_or_else(writer_stopped)?
+            .send(request)
+            .map_err(|_| writer_stopped())?;
+        answer.await.map_err(|_| writer_stopped())?
+    }
+
+    /// Run `work` on a read-only connection, inside one read transaction (a consistent
+    /// snapshot), off the async threads.
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.run(work))
+            .await
+            .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteJobStore {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish the requests already sent, then exit;
+        // joining it means the file is quiet once the store is gone (a reopen sees all).
+        self.writer.take();
+        if let Some(thread) = self.writer_thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the SQLite writer thread panicked");
+        }
+    }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Unavailable("the SQLite writer thread has stopped".into())
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        classify(&error)
+    }
+}
+
+/// A lock held elsewhere or a full disk may pass: the caller may retry later.
+fn classify(error: &rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull) => {
+            StoreError::Unavailable(error.to_string())
+        }
+        _ => StoreError::Internal(error.to_string()),
+    }
+}
+
+fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Internal(format!(
+            "the database refused WAL mode (journal_mode is {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let applied: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let known = MIGRATIONS.len();
+    let applied = usize::try_from(applied)
+        .ok()
+        .filter(|applied| *applied <= known)
+        .ok_or_else(|| {
+            StoreError::Internal(format!(
+                "the database has schema version {applied}, newer than this spooler's {known}"
+            ))
+        })?;
+    for migration in &MIGRATIONS[applied..] {
+        tx.execute_batch(migration)?;
+    }
+    tx.pragma_update(None, "user_version", known as i64)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// One caller's write, as the writer thread sees it.
+trait WriteRequest: Send {
+    /// Apply the request on the batch's connection (inside its savepoint); false when it
+    /// failed, so its savepoint is rolled back.
+    fn apply(&mut self, conn: &Connection) -> bool;
+    /// Answer the caller once the batch is committed, or failed as a whole.
+    fn answer(self: Box<Self>, batch: Result<(), &rusqlite::Error>);
+}
+
+struct Request<T, F> {
+    work: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteRequest for Request<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn apply(&mut self, conn: &Connection) -> bool {
+        let result = match self.work.take() {
+            Some(work) => work(conn),
+            None => Err(StoreError::Internal("write request applied twice".into())),
+        };
+        let applied = result.is_ok();
+        self.result = Some(result);
+        applied
+    }
+
+    fn answer(self: Box<Self>, batch: Result<(), &rusqlite::Error>) {
+        let answer = match (self.result, batch) {
+            (Some(Err(own)), _) => Err(own),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(batch)) => Err(classify(batch)),
+            (None, Ok(())) => Err(StoreError::Internal("write request not applied".into())),
+        };
+        // The caller may have gone away (its future dropped): nothing to tell then.
+        let _ = self.reply.send(answer);
+    }
+}
+
+fn run_writer(
+    mut conn: Connection,
+    requests: mpsc::Receiver<Box<dyn WriteRequest>>,
+    commits: &AtomicU64,
+) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        batch.extend(requests.try_iter().take(MAX_BATCH - 1));
+        let outcome = apply_batch(&mut conn, &mut batch);
+        match &outcome {
+            Ok(()) => {
+                commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => tracing::warn!(%error, requests = batch.len(), "SQLite batch failed"),
+        }
+        for request in batch {
+            request.answer(outcome.as_ref().copied());
+        }
+    }
+}
+
+fn apply_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteRequest>]) -> rusqlite::Result<()> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for request in batch.iter_mut() {
+        let savepoint = tx.savepoint()?;
+        if request.apply(&savepoint) {
+            savepoint.commit()?;
+        } else {
+            // Dropping behaviour is rollback: undo this request only.
+            savepoint.finish()?;
+        }
+    }
+    tx.commit()
+}
+
+/// Read-only connections, opened on demand and kept for reuse.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn run<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = match self.idle().pop() {
+            Some(conn) => conn,
+            None => open_reader(&self.path)?,
+        };
+        let result = {
+            let snapshot = conn.unchecked_transaction()?;
+            work(&snapshot)
+        };
+        let mut idle = self.idle();
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
+        // A panic while holding the lock cannot leave the Vec inconsistent.
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// Now, as unix seconds and unix milliseconds.
+fn now() -> (i64, i64) {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    (millis / 1000, millis)
+}
+
+/// The state and reasons a new job starts with.
+pub(crate) fn initial_state(held: bool, documents_complete: bool) -> (JobState, Vec<String>) {
+    let mut reasons = Vec::new();
+    if held {
+        reasons.push(REASON_HOLD.to_string());
+    }
+    if !documents_complete {
+        reasons.push(REASON_INCOMING.to_string());
+    }
+    let state = if held {
+        JobState::PendingHeld
+    } else {
+        JobState::Pending
+    };
+    (state, reasons)
+}
+
+/// The state and reasons a user's action leads to, or `None` when RFC 8011 does not allow
+/// it from `state`.
+pub(crate) fn user_transition(
+    state: JobState,
+    reasons: &[String],
+    action: UserAction,
+) -> Option<(JobState, Vec<String>)> {
+    match (action, state) {
+        (
+            UserAction::Cancel,
+            JobState::Pending
+            | JobState::PendingHeld
+            | JobState::Processing
+            | JobState::ProcessingStopped,
+        ) => Some((JobState::Canceled, vec![REASON_CANCELED.to_string()])),
+        (UserAction::Hold, JobState::Pending) => {
+            let mut held = reasons.to_vec();
+            if !held.iter().any(|reason| reason == REASON_HOLD) {
+                held.push(REASON_HOLD.to_string());
+            }
+            Some((JobState::PendingHeld, held))
+        }
+        (UserAction::Release, JobState::PendingHeld) => {
+            Some((JobState::Pending, without(reasons, REASON_HOLD)))
+        }
+        _ => None,
+    }
+}
+
+/// The operation name a refusal reports.
+fn action_name(action: UserAction) -> &'static str {
+    match action {
+        UserAction::Cancel => "cancel-job",
+        UserAction::Hold => "hold-job",
+        UserAction::Release => "release-job",
+    }
+}
+
+fn without(reasons: &[String], removed: &str) -> Vec<String> {
+    reasons
+        .iter()
+        .filter(|reason| *reason != removed)
+        .cloned()
+        .collect()
+}
+
+/// What `finish` may do with a job, given the claim the store records.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Fence {
+    /// The caller holds the claim of a processing job: record the outcome.
+    Holds,
+    /// The caller's job was canceled while it printed: it stays canceled.
+    Canceled,
+    /// Someone else holds the job now, or it is not being processed.
+    Lost,
+}
+
+pub(crate) fn fence(
+    state: JobState,
+    claimer_id: Option<&str>,
+    claimer_epoch: Option<i64>,
+    caller: &Claimer,
+) -> Fence {
+    let ours = claimer_id == Some(caller.id.as_str()) && claimer_epoch == Some(caller.epoch);
+    match state {
+        JobState::Processing if ours => Fence::Holds,
+        JobState::Canceled if ours => Fence::Canceled,
+        _ => Fence::Lost,
+    }
+}
+
+/// The row values an attempt's outcome writes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Finished {
+    pub state: JobState,
+    pub reasons: Vec<String>,
+    pub message: Option<String>,
+    pub printer: String,
+    pub completed_at: Option<i64>,
+    pub retry_at_ms: Option<i64>,
+    pub impressions: Option<i64>,
+    pub sheets: Option<i64>,
+}
+
+pub(crate) fn finished(outcome: Outcome, now_s: i64) -> Finished {
+    match outcome {
+        Outcome::Completed {
+            printer,
+            impressions,
+            sheets,
+        } => Finished {
+            state: JobState::Completed,
+            reasons: vec![REASON_COMPLETED.to_string()],
+            message: None,
+            printer,
+            completed_at: Some(now_s),
+            retry_at_ms: None,
+            impressions,
+            sheets,
+        },
+        Outcome::Aborted { printer, message } => Finished {
+            state: JobState::Aborted,
+            reasons: vec![REASON_ABORTED.to_string()],
+            message: Some(message),
+            printer,
+            completed_at: Some(now_s),
+            retry_at_ms: None,
+            impressions: None,
+            sheets: None,
+        },
+        Outcome::Retry {
+            printer,
+            message,
+            retry_at_ms,
+        } => Finished {
+            state: JobState::Pending,
+            reasons: Vec::new(),
+            message: Some(message),
+            printer,
+            completed_at: None,
+            retry_at_ms: Some(retry_at_ms),
+            impressions: None,
+            sheets: None,
+        },
+    }
+}
+
+/// The range of IPP state values a `which-jobs` selects.
+fn state_range(which: WhichJobs) -> (i32, i32) {
+    match which {
+        WhichJobs::NotCompleted => (
+            JobState::Pending.as_i32(),
+            JobState::ProcessingStopped.as_i32(),
+        ),
+        WhichJobs::Completed => (JobState::Canceled.as_i32(), JobState::Completed.as_i32()),
+        WhichJobs::All => (JobState::Pending.as_i32(), JobState::Completed.as_i32()),
+    }
+}
+
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(format!("encoding: {e}")))
+}
+
+fn conversion_error(
+    column: usize,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, Type::Text, Box::new(error))
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &Row<'_>,
+    column: usize,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(column)?;
+    serde_json::from_str(&text).map_err(|e| conversion_error(column, e))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown job state {0}")]
+struct UnknownState(i32);
+
+/// A job from a `select_jobs!` row, without its documents.
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    let state: i32 = row.get(6)?;
+    Ok(Job {
+        id: row.get(0)?,
+        queue: row.get(1)?,
+        owner: row.get(2)?,
+        name: row.get(3)?,
+        originating_host: row.get(4)?,
+        priority: row.get(5)?,
+        state: JobState::from_i32(state).ok_or_else(|| conversion_error(6, UnknownState(state)))?,
+        reasons: json_column(row, 7)?,
+        message: row.get(8)?,
+        ticket: json_column::<JobTicket>(row, 9)?,
+        documents: Vec::new(),
+        documents_complete: row.get(10)?,
+        created_at: row.get(11)?,
+        processing_at: row.get(12)?,
+        completed_at: row.get(13)?,
+        printer: row.get(14)?,
+        attempts: row.get(15)?,
+        impressions_completed: row.get(16)?,
+        sheets_completed: row.get(17)?,
+    })
+}
+
+fn load_documents(conn: &Connection, id: JobId) -> Result<Vec<DocumentInfo>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT number, format, name, size, key FROM documents WHERE job_id = ?1 ORDER BY number",
+    )?;
+    let documents = statement
+        .query_map([id], |row| {
+            let size: i64 = row.get(3)?;
+            Ok(DocumentInfo {
+                number: row.get(0)?,
+                format: row.get(1)?,
+                name: row.get(2)?,
+                size: u64::try_from(size).map_err(|e| conversion_error(3, e))?,
+                key: row.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(documents)
+}
+
+fn load_job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
+    let job = conn
+        .prepare_cached(select_jobs!("WHERE id = ?1"))?
+        .query_row([id], job_from_row)
+        .optional()?;
+    match job {
+        Some(mut job) => {
+            job.documents = load_documents(conn, id)?;
+            Ok(Some(job))
+        }
+        None => Ok(None),
+    }
+}
+
+fn existing_job(conn: &Connection, id: JobId) -> Result<Job, StoreError> {
+    load_job(conn, id)?.ok_or(StoreError::NotFound(id))
+}
+
+fn insert_document(
+    conn: &Connection,
+    id: JobId,
+    number: i32,
+    document: &NewDocument,
+) -> Result<(), StoreError> {
+    let (key, inline): (Option<&str>, Option<&[u8]>) = match &document.body {
+        DocumentBody::Inline(bytes) => (None, Some(bytes)),
+        DocumentBody::Stored { key } => (Some(key), None),
+    };
+    let size = i64::try_from(document.size)
+        .map_err(|_| StoreError::Internal(format!("document size {} too large", document.size)))?;
+    conn.prepare_cached(
+        "INSERT INTO documents (job_id, number, format, name, size, key, inline) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        id,
+        number,
+        document.format,
+        document.name,
+        size,
+        key,
+        inline
+    ])?;
+    Ok(())
+}
+
+fn create_job(conn: &Connection, job: &NewJob) -> Result<Job, StoreError> {
+    let (state, reasons) = initial_state(job.held, job.documents_complete);
+    let (now_s, _) = now();
+    conn.prepare_cached(
+        "INSERT INTO jobs (queue, owner, name, originating_host, priority, state, reasons, \
+         ticket, documents_complete, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        job.queue,
+        job.owner,
+        job.name,
+        job.originating_host,
+        job.priority,
+        state.as_i32(),
+        to_json(&reasons)?,
+        to_json(&job.ticket)?,
+        job.documents_complete,
+        now_s,
+    ])?;
+    let id = JobId::try_from(conn.last_insert_rowid())
+        .map_err(|_| StoreError::Internal("job ids are exhausted".into()))?;
+    if let Some(document) = &job.document {
+        insert_document(conn, id, 1, document)?;
+    }
+    existing_job(conn, id)
+}
+
+fn add_document(
+    conn: &Connection,
+    id: JobId,
+    document: Option<&NewDocument>,
+    last: bool,
+) -> Result<Job, StoreError> {
+    let job = existing_job(conn, id)?;
+    if job.state.is_terminal() || job.documents_complete {
+        return Err(StoreError::NotPossible {
+            id,
+            state: job.state,
+            action: "send-document",
+        });
+    }
+    if let Some(document) = document {
+        let number = i32::try_from(job.documents.len() + 1)
+            .map_err(|_| StoreError::Internal("too many documents".into()))?;
+        insert_document(conn, id, number, document)?;
+    }
+    if last {
+        conn.prepare_cached("UPDATE jobs SET documents_complete = 1, reasons = ?2 WHERE id = ?1")?
+            .execute(params![
+                id,
+                to_json(&without(&job.reasons, REASON_INCOMING))?
+            ])?;
+    }
+    existing_job(conn, id)
+}
+
+fn apply_action(conn: &Connection, id: JobId, action: UserAction) -> Result<Job, StoreError> {
+    let job = existing_job(conn, id)?;
+    let (state, reasons) =
+        user_transition(job.state, &job.reasons, action).ok_or(StoreError::NotPossible {
+            id,
+            state: job.state,
+            action: action_name(action),
+        })?;
+    let (now_s, _) = now();
+    let completed_at = state.is_terminal().then_some(now_s);
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, reasons = ?3, completed_at = COALESCE(?4, completed_at) \
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        state.as_i32(),
+        to_json(&reasons)?,
+        completed_at
+    ])?;
+    existing_job(conn, id)
+}
+
+fn claim_next(
+    conn: &Connection,
+    queues: &str,
+    printer: &str,
+    claimer: &Claimer,
+) -> Result<Option<Job>, StoreError> {
+    let (now_s, now_ms) = now();
+    let claimed: Option<JobId> = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = ?1, processing_at = ?2, printer = ?3, attempts = attempts + 1, \
+             claimer_id = ?4, claimer_epoch = ?5, reasons = ?6, message = NULL \
+             WHERE id = (SELECT id FROM jobs \
+                 WHERE state = ?7 AND documents_complete = 1 AND retry_at_ms <= ?8 \
+                   AND queue IN (SELECT value FROM json_each(?9)) \
+                   AND queue NOT IN (SELECT queue FROM paused_queues) \
+                 ORDER BY priority DESC, id ASC LIMIT 1) \
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                JobState::Processing.as_i32(),
+                now_s,
+                printer,
+                claimer.id,
+                claimer.epoch,
+                to_json(&[REASON_PRINTING])?,
+                JobState::Pending.as_i32(),
+                now_ms,
+                queues,
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    claimed.map(|id| existing_job(conn, id)).transpose()
+}
+
+fn finish(
+    conn: &Connection,
+    id: JobId,
+    claimer: &Claimer,
+    outcome: Outcome,
+) -> Result<Job, StoreError> {
+    let (state, claimer_id, claimer_epoch): (i32, Option<String>, Option<i64>) = conn
+        .prepare_cached("SELECT state, claimer_id, claimer_epoch FROM jobs WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .optional()?
+        .ok_or(StoreError::NotFound(id))?;
+    let state = JobState::from_i32(state)
+        .ok_or_else(|| StoreError::Internal(format!("job {id} has unknown state {state}")))?;
+    match fence(state, claimer_id.as_deref(), claimer_epoch, claimer) {
+        Fence::Lost => return Err(StoreError::Fenced(id)),
+        Fence::Canceled => return existing_job(conn, id),
+        Fence::Holds => {}
+    }
+    let (now_s, _) = now();
+    let update = finished(outcome, now_s);
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?2, reasons = ?3, message = ?4, printer = ?5, \
+         completed_at = ?6, retry_at_ms = COALESCE(?7, retry_at_ms), \
+         impressions_completed = ?8, sheets_completed = ?9, \
+         claimer_id = NULL, claimer_epoch = NULL WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        update.state.as_i32(),
+        to_json(&update.reasons)?,
+        update.message,
+        update.printer,
+        update.completed_at,
+        update.retry_at_ms,
+        update.impressions,
+        update.sheets,
+    ])?;
+    existing_job(conn, id)
+}
+
+fn recover(conn: &Connection, current: &Claimer) -> Result<Vec<JobId>, StoreError> {
+    let mut ids = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = ?1, reasons = '[]', claimer_id = NULL, claimer_epoch = NULL \
+             WHERE state = ?2 AND (claimer_id IS NOT ?3 OR claimer_epoch < ?4) RETURNING id",
+        )?
+        .query_map(
+            params![
+                JobState::Pending.as_i32(),
+                JobState::Processing.as_i32(),
+                current.id,
+                current.epoch
+            ],
+            |row| row.get(0),
+        )?
+        .collect::<rusqlite::Result<Vec<JobId>>>()?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Finished jobs of `queue` that finished before `finished_before` or are beyond the newest
+/// `keep_at_most`: both retention limits of a PrintQueue apply.
+fn purge_history(
+    conn: &Connection,
+    queue: &str,
+    finished_before: i64,
+    keep_at_most: u32,
+) -> Result<Vec<String>, StoreError> {
+    let doomed = conn
+        .prepare_cached(
+            "SELECT id FROM jobs WHERE queue = ?1 AND state >= ?2 AND (completed_at < ?3 \
+             OR id NOT IN (SELECT id FROM jobs WHERE queue = ?1 AND state >= ?2 \
+                           ORDER BY completed_at DESC, id DESC LIMIT ?4))",
+        )?
+        .query_map(
+            params![
+                queue,
+                JobState::Canceled.as_i32(),
+                finished_before,
+                keep_at_most
+            ],
+            |row| row.get::<_, JobId>(0),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut keys = Vec::new();
+    let mut stored_keys = conn.prepare_cached(
+        "SELECT key FROM documents WHERE job_id = ?1 AND key IS NOT NULL ORDER BY number",
+    )?;
+    let mut delete_documents = conn.prepare_cached("DELETE FROM documents WHERE job_id = ?1")?;
+    let mut delete_job = conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
+    for id in doomed {
+        for key in stored_keys.query_map([id], |row| row.get::<_, String>(0))? {
+            keys.push(key?);
+        }
+        delete_documents.execute([id])?;
+        delete_job.execute([id])?;
+    }
+    Ok(keys)
+}
+
+fn list_jobs(conn: &Connection, query: &JobQuery) -> Result<Vec<Job>, StoreError> {
+    let (lowest, highest) = state_range(query.which);
+    // A negative LIMIT is no limit in SQLite.
+    let limit = query
+        .limit
+        .map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
+    let sql = if query.which == WhichJobs::Completed {
+        select_jobs!(
+            "WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR owner = ?2) \
+             AND state BETWEEN ?3 AND ?4 ORDER BY id DESC LIMIT ?5"
+        )
+    } else {
+        select_jobs!(
+            "WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR owner = ?2) \
+             AND state BETWEEN ?3 AND ?4 ORDER BY id ASC LIMIT ?5"
+        )
+    };
+    let mut jobs = conn
+        .prepare_cached(sql)?
+        .query_map(
+            params![query.queue, query.owner, lowest, highest, limit],
+            job_from_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for job in &mut jobs {
+        job.documents = load_documents(conn, job.id)?;
+    }
+    Ok(jobs)
+}
+
+#[async_trait]
+impl JobStore for SqliteJobStore {
+    async fn create_job(&self, job: NewJob) -> Result<Job, StoreError> {
+        self.write(move |conn| create_job(conn, &job)).await
+    }
+
+    async fn add_document(
+        &self,
+        id: JobId,
+        document: Option<NewDocument>,
+        last: bool,
+    ) -> Result<Job, StoreError> {
+        self.write(move |conn| add_document(conn, id, document.as_ref(), last))
+            .await
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.read(move |conn| load_job(conn, id)).await
+    }
+
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| list_jobs(conn, &query)).await
+    }
+
+    async fn apply(&self, id: JobId, action: UserAction) -> Result<Job, StoreError> {
+        self.write(move |conn| apply_action(conn, id, action)).await
+    }
+
+    async fn inline_document(&self, id: JobId, number: i32) -> Result<Option<Bytes>, StoreError> {
+        self.read(move |conn| {
+            let document: Option<Option<Vec<u8>>> = conn
+                .prepare_cached("SELECT inline FROM documents WHERE job_id = ?1 AND number = ?2")?
+                .query_row(params![id, number], |row| row.get(0))
+                .optional()?;
+            match document {
+                Some(inline) => Ok(inline.map(Bytes::from)),
+                None if load_job(conn, id)?.is_none() => Err(StoreError::NotFound(id)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn claim_next(
+        &self,
+        queues: &[String],
+        printer: &str,
+        claimer: &Claimer,
+    ) -> Result<Option<Job>, StoreError> {
+        if queues.is_empty() {
+            return Ok(None);
+        }
+        let queues = to_json(queues)?;
+        let printer = printer.to_string();
+        let claimer = claimer.clone();
+        self.write(move |conn| claim_next(conn, &queues, &printer, &claimer))
+            .await
+    }
+
+    async fn finish(
+        &self,
+        id: JobId,
+        claimer: &Claimer,
+        outcome: Outcome,
+    ) -> Result<Job, StoreError> {
+        let claimer = claimer.clone();
+        self.write(move |conn| finish(conn, id, &claimer, outcome))
+            .await
+    }
+
+    async fn recover(&self, current: &Claimer) -> Result<Vec<JobId>, StoreError> {
+        let current = current.clone();
+        self.write(move |conn| recover(conn, &current)).await
+    }
+
+    async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
+        let queue = queue.to_string();
+        self.write(move |conn| {
+            let sql = if paused {
+                "INSERT OR IGNORE INTO paused_queues (queue) VALUES (?1)"
+            } else {
+                "DELETE FROM paused_queues WHERE queue = ?1"
+            };
+            conn.prepare_cached(sql)?.execute([queue])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            let queues = conn
+                .prepare_cached("SELECT queue FROM paused_queues ORDER BY queue")?
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(queues)
+        })
+        .await
+    }
+
+    async fn queue_depths(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.read(|conn| {
+            let depths = conn
+                .prepare_cached(
+                    "SELECT queue, COUNT(*) FROM jobs WHERE state < ?1 GROUP BY queue ORDER BY queue",
+                )?
+                .query_map([JobState::Canceled.as_i32()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
+            Ok(depths)
+        })
+        .await
+    }
+
+    async fn purge_history(
+        &self,
+        queue: &str,
+        finished_before: i64,
+        keep_at_most: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let queue = queue.to_string();
+        self.write(move |conn| purge_history(conn, &queue, finished_before, keep_at_most))
+            .await
+    }
+
+    async fn next_epoch(&self, claimer_id: &str) -> Result<i64, StoreError> {
+        let claimer_id = claimer_id.to_string();
+        self.write(move |conn| {
+            let epoch = conn
+                .prepare_cached(
+                    "INSERT INTO epochs (claimer_id, epoch) VALUES (?1, 1) \
+                     ON CONFLICT (claimer_id) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+                )?
+                .query_row([claimer_id], |row| row.get(0))?;
+            Ok(epoch)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::job::JobTicket;
+    use crate::store::contract::{Backend, job_store_contract};
+
+    /// A database file in a temporary directory that lives as long as the backend.
+    struct SqliteBackend {
+        dir: tempfile::TempDir,
+    }
+
+    impl SqliteBackend {
+        fn new() -> Self {
+            SqliteBackend {
+                dir: tempfile::tempdir().expect("temporary directory"),
+            }
+        }
+
+        fn path(&self) -> PathBuf {
+            self.dir.path().join("jobs.db")
+        }
+    }
+
+    #[async_trait]
+    impl Backend for SqliteBackend {
+        async fn open(&self) -> Arc<dyn JobStore> {
+            Arc::new(SqliteJobStore::open(&self.path()).expect("open the SQLite store"))
+        }
+    }
+
+    job_store_contract!(SqliteBackend::new());
+
+    fn new_job(owner: &str) -> NewJob {
+        NewJob {
+            queue: "office".into(),
+            owner: owner.into(),
+            name: "job".into(),
+            originating_host: None,
+            priority: 50,
+            held: false,
+            ticket: JobTicket::default(),
+            document: None,
+            documents_complete: true,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creates_share_commits() {
+        let backend = SqliteBackend::new();
+        let store = Arc::new(SqliteJobStore::open(&backend.path()).expect("open"));
+        let creates = (0..500).map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.create_job(new_job(&format!("u{n}"))).await })
+        });
+        for create in futures_util::future::join_all(creates).await {
+            create.expect("task").expect("create");
+        }
+        let commits = store.commit_count();
+        assert!(commits >= 1);
+        assert!(
+            commits < 250,
+            "500 creates took {commits} commits: not grouped"
+        );
+    }
+
+    type Answer = oneshot::Receiver<Result<(), StoreError>>;
+
+    /// A write request pausing `queue`, failing after its write when `fail` is set.
+    fn pause(queue: &'static str, fail: bool) -> (Box<dyn WriteRequest>, Answer) {
+        let (reply, answer) = oneshot::channel();
+        let work = move |conn: &Connection| {
+            conn.execute("INSERT INTO paused_queues (queue) VALUES (?1)", [queue])?;
+            match fail {
+                true => Err(StoreError::Internal("refused".into())),
+                false => Ok(()),
+            }
+        };
+        let request = Request {
+            work: Some(work),
+            result: None,
+            reply,
+        };
+        (Box::new(request), answer)
+    }
+
+    #[tokio::test]
+    async fn failing_request_does_not_spoil_its_batch() {
+        let backend = SqliteBackend::new();
+        let mut conn = Connection::open(backend.path()).expect("open");
+        configure_writer(&conn).expect("configure");
+        migrate(&mut conn).expect("migrate");
+        let (requests, answers): (Vec<_>, Vec<_>) =
+            [pause("a", false), pause("b", true), pause("c", false)]
+                .into_iter()
+                .unzip();
+        let mut batch = requests;
+        let outcome = apply_batch(&mut conn, &mut batch);
+        assert!(outcome.is_ok(), "{outcome:?}");
+        for request in batch {
+            request.answer(outcome.as_ref().copied());
+        }
+        let mut results = Vec::new();
+        for answer in answers {
+            results.push(answer.await.expect("answered").is_ok());
+        }
+        assert_eq!(results, vec![true, false, true]);
+        drop(conn);
+        let store = SqliteJobStore::open(&backend.path()).expect("open");
+        assert_eq!(store.paused_queues().await.expect("paused"), vec!["a", "c"]);
+    }
+
+    #[tokio::test]
+    async fn schema_is_versioned_and_reopens() {
+        let backend = SqliteBackend::new();
+        drop(SqliteJobStore::open(&backend.path()).expect("create"));
+        drop(SqliteJobStore::open(&backend.path()).expect("reopen migrates nothing"));
+        let conn = Connection::open(backend.path()).expect("open");
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("set version");
+        drop(conn);
+        assert!(matches!(
+            SqliteJobStore::open(&backend.path()),
+            Err(StoreError::Internal(message)) if message.contains("newer")
+        ));
+    }
+
+    #[test]
+    fn initial_state_of_new_jobs() {
+        assert_eq!(initial_state(false, true), (JobState::Pending, vec![]));
+        assert_eq!(
+            initial_state(false, false),
+            (JobState::Pending, vec![REASON_INCOMING.to_string()])
+        );
+        assert_eq!(
+            initial_state(true, false),
+            (
+                JobState::PendingHeld,
+                vec![REASON_HOLD.to_string(), REASON_INCOMING.to_string()]
+            )
+        );
+    }
+
+    #[test]
+    fn user_transitions() {
+        let incoming = vec![REASON_INCOMING.to_string()];
+        assert_eq!(
+            user_transition(JobState::ProcessingStopped, &[], UserAction::Cancel),
+            Some((JobState::Canceled, vec![REASON_CANCELED.to_string()]))
+        );
+        assert_eq!(
+            user_transition(JobState::ProcessingStopped, &[], UserAction::Hold),
+            None
+        );
+        assert_eq!(
+            user_transition(JobState::ProcessingStopped, &[], UserAction::Release),
+            None
+        );
+        // Holding and releasing a job still receiving documents keeps `job-incoming`.
+        let (held, held_reasons) =
+            user_transition(JobState::Pending, &incoming, UserAction::Hold).expect("hold");
+        assert_eq!(held, JobState::PendingHeld);
+        assert_eq!(
+            held_reasons,
+            vec![REASON_INCOMING.to_string(), REASON_HOLD.to_string()]
+        );
+        assert_eq!(
+            user_transition(held, &held_reasons, UserAction::Release),
+            Some((JobState::Pending, incoming))
+        );
+    }
+
+    #[test]
+    fn fences() {
+        let me = Claimer {
+            id: "a".into(),
+            epoch: 2,
+        };
+        assert_eq!(
+            fence(JobState::Processing, Some("a"), Some(2), &me),
+            Fence::Holds
+        );
+        assert_eq!(
+            fence(JobState::Canceled, Some("a"), Some(2), &me),
+            Fence::Canceled
+        );
+        assert_eq!(
+            fence(JobState::Processing, Some("a"), Some(1), &me),
+            Fence::Lost
+        );
+        assert_eq!(
+            fence(JobState::Processing, Some("b"), Some(2), &me),
+            Fence::Lost
+        );
+        assert_eq!(fence(JobState::Canceled, None, None, &me), Fence::Lost);
+        assert_eq!(
+            fence(JobState::Pending, Some("a"), Some(2), &me),
+            Fence::Lost
+        );
+    }
+
+    #[test]
+    fn retry_keeps_the_job_pending_with_its_message() {
+        let update = finished(
+            Outcome::Retry {
+                printer: "p".into(),
+                message: "offline".into(),
+                retry_at_ms: 42,
+            },
+            7,
+        );
+        assert_eq!(update.state, JobState::Pending);
+        assert_eq!(update.retry_at_ms, Some(42));
+        assert_eq!(update.completed_at, None);
+        assert_eq!(update.message.as_deref(), Some("offline"));
+    }
+}

@@ -1,0 +1,437 @@
+//! One printer's worker: probe the printer, claim its queues' jobs one at a time, send
+//! them, and record how each attempt ended.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream};
+use printfleet_crds::PrinterSpec;
+use tokio::sync::{broadcast, watch};
+use tracing::Instrument;
+
+use super::{DispatchSettings, now_millis, stopped};
+use crate::app::App;
+use crate::backend::{self, Backend, BackendError, Delivery, OutgoingDocument, OutgoingJob};
+use crate::job::{Claimer, Job, JobId, JobState};
+use crate::store::{Outcome, StoreError};
+
+/// The wait before a failed job is tried again: `base` doubled per earlier attempt, at
+/// most `max`. `attempts` counts the attempt that just failed.
+pub(crate) fn retry_delay(attempts: i32, base: Duration, max: Duration) -> Duration {
+    let doublings = attempts.saturating_sub(1).clamp(0, 20) as u32;
+    base.saturating_mul(1 << doublings).min(max)
+}
+
+/// Why serving a healthy printer stopped.
+enum ServeEnd {
+    Stopped,
+    /// Time to ask the printer again how it is.
+    Recheck,
+    /// A job could not be delivered: the printer is treated as down.
+    PrinterFailed,
+}
+
+/// How one job's attempt ended, as far as the worker is concerned.
+enum JobEnd {
+    Done,
+    PrinterFailed,
+}
+
+/// Why a job's documents could not be opened.
+enum OpenError {
+    /// The bytes are gone: the job can never print.
+    Missing(String),
+    /// The document or job store is failing now.
+    Transient(String),
+}
+
+pub(super) struct PrinterWorker {
+    pub app: Arc<App>,
+    pub claimer: Claimer,
+    pub settings: DispatchSettings,
+    pub name: String,
+    pub spec: PrinterSpec,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl PrinterWorker {
+    /// Runs until told to stop; the job being sent when the stop comes is finished first.
+    /// `previous` is the worker this one replaces (the printer's spec changed): it is
+    /// waited for, so one device never gets two jobs at once from us.
+    pub async fn run(mut self, previous: Option<tokio::task::JoinHandle<()>>) {
+        if let Some(previous) = previous {
+            let _ = previous.await;
+        }
+        let span = tracing::info_span!("printer", printer = %self.name);
+        async move {
+            match backend::connect(&self.name, &self.spec, &self.app.settings.secrets_dir) {
+                Ok(backend) => self.drive(backend).await,
+                Err(error) => {
+                    tracing::error!(%error, "printer cannot be used");
+                    self.set_up(false);
+                    stopped(&mut self.stop).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    fn set_up(&self, up: bool) {
+        self.app
+            .metrics
+            .printer_up
+            .with_label_values(&[self.name.as_str()])
+            .set(i64::from(up));
+    }
+
+    /// Sleeps for `delay` unless told to stop first; true when stopped.
+    async fn sleep_or_stop(&mut self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => self.is_stopped(),
+            _ = stopped(&mut self.stop) => true,
+        }
+    }
+
+    async fn drive(&mut self, backend: Arc<dyn Backend>) {
+        // Subscribed for the worker's life, so a cancel sent between a claim and the start
+        // of the transmission is not missed.
+        let mut cancels = self.app.dispatch.subscribe_cancels();
+        let mut backoff = self.settings.probe_backoff_initial;
+        let mut was_up = None;
+        while !self.is_stopped() {
+            let healthy = match backend.probe().await {
+                Ok(health) if health.accepting => true,
+                Ok(health) => {
+                    if was_up != Some(false) {
+                        tracing::warn!(state = health.state, reasons = ?health.reasons, "printer is not accepting jobs");
+                    }
+                    false
+                }
+                Err(error) => {
+                    if was_up != Some(false) {
+                        tracing::warn!(%error, "printer probe failed");
+                    }
+                    false
+                }
+            };
+            self.set_up(healthy);
+            if healthy {
+                if was_up != Some(true) {
+                    tracing::info!("printer is up");
+                }
+                was_up = Some(true);
+                backoff = self.settings.probe_backoff_initial;
+                match self.serve(&*backend, &mut cancels).await {
+                    ServeEnd::Stopped => return,
+                    ServeEnd::Recheck => continue,
+                    ServeEnd::PrinterFailed => self.set_up(false),
+                }
+            }
+            was_up = Some(false);
+            if self.sleep_or_stop(backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(self.settings.probe_backoff_max);
+        }
+    }
+
+    /// Claims and sends jobs while the printer is healthy.
+    async fn serve(
+        &mut self,
+        backend: &dyn Backend,
+        cancels: &mut broadcast::Receiver<JobId>,
+    ) -> ServeEnd {
+        let mut healthy_at = Instant::now();
+        let app = self.app.clone();
+        loop {
+            if self.is_stopped() {
+                return ServeEnd::Stopped;
+            }
+            if healthy_at.elapsed() >= self.settings.health_recheck {
+                return ServeEnd::Recheck;
+            }
+            // Registered before looking, so a wake between an empty claim and the wait
+            // is not lost.
+            let woken = app.dispatch.woken();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let queues = app.config().queues_of_printer(&self.name);
+            if !queues.is_empty() {
+                match app
+                    .store
+                    .claim_next(&queues, &self.name, &self.claimer)
+                    .await
+                {
+                    Ok(Some(job)) => {
+                        match self.dispatch_job(backend, job, cancels).await {
+                            JobEnd::Done => healthy_at = Instant::now(),
+                            JobEnd::PrinterFailed => return ServeEnd::PrinterFailed,
+                        }
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(%error, "claiming a job"),
+                }
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(self.settings.idle_poll) => {}
+                _ = stopped(&mut self.stop) => return ServeEnd::Stopped,
+            }
+        }
+    }
+
+    async fn dispatch_job(
+        &self,
+        backend: &dyn Backend,
+        job: Job,
+        cancels: &mut broadcast::Receiver<JobId>,
+    ) -> JobEnd {
+        let span = tracing::info_span!(
+            "job",
+            job_id = job.id,
+            queue = %job.queue,
+            printer = %self.name,
+            attempt = job.attempts,
+        );
+        self.attempt(backend, &job, cancels).instrument(span).await
+    }
+
+    async fn attempt(
+        &self,
+        backend: &dyn Backend,
+        job: &Job,
+        cancels: &mut broadcast::Receiver<JobId>,
+    ) -> JobEnd {
+        if job.documents.is_empty() {
+            self.finish(job, self.aborted("the job has no document"))
+                .await;
+            return JobEnd::Done;
+        }
+        let documents = match self.open_documents(job).await {
+            Ok(documents) => documents,
+            Err(OpenError::Missing(message)) => {
+                tracing::error!(%message, "job documents are missing");
+                self.finish(job, self.aborted(&message)).await;
+                return JobEnd::Done;
+            }
+            Err(OpenError::Transient(message)) => {
+                // Our storage, not the printer, failed: try later, printer stays up.
+                tracing::warn!(%message, "opening the job's documents");
+                self.finish(job, self.retry(job, &message)).await;
+                return JobEnd::Done;
+            }
+        };
+        tracing::info!(documents = documents.len(), "sending job");
+        let started = Instant::now();
+        let Some(result) = self
+            .print_unless_canceled(backend, job, documents, cancels)
+            .await
+        else {
+            // The store already holds the job as canceled; finishing is not ours to do.
+            tracing::info!("job canceled while printing; transmission abandoned");
+            return JobEnd::Done;
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok(Delivery {
+                impressions,
+                sheets,
+            }) => {
+                tracing::info!(seconds, ?impressions, ?sheets, "job delivered");
+                let outcome = Outcome::Completed {
+                    printer: self.name.clone(),
+                    impressions,
+                    sheets,
+                };
+                self.finish(job, outcome).await;
+                JobEnd::Done
+            }
+            Err(BackendError::Refused(message)) => {
+                tracing::warn!(%message, "printer refused the job");
+                self.finish(job, self.aborted(&message)).await;
+                JobEnd::Done
+            }
+            Err(error @ (BackendError::Unavailable(_) | BackendError::Config(_))) => {
+                tracing::warn!(%error, seconds, "delivery failed; the job will be retried");
+                self.finish(job, self.retry(job, &error.to_string())).await;
+                JobEnd::PrinterFailed
+            }
+        }
+    }
+
+    /// Runs the transmission, dropping it if the job is canceled meanwhile; `None` when
+    /// it was.
+    async fn print_unless_canceled(
+        &self,
+        backend: &dyn Backend,
+        job: &Job,
+        documents: Vec<OutgoingDocument>,
+        cancels: &mut broadcast::Receiver<JobId>,
+    ) -> Option<Result<Delivery, BackendError>> {
+        let print = backend.print(
+            OutgoingJob {
+                job,
+                ticket: &job.ticket,
+            },
+            documents,
+        );
+        tokio::pin!(print);
+        let mut listening = true;
+        loop {
+            tokio::select! {
+                result = &mut print => return Some(result),
+                canceled = cancels.recv(), if listening => match canceled {
+                    Ok(id) if id == job.id => return None,
+                    Ok(_) => {}
+                    // Missed some cancels: ask the store whether ours was one.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if let Ok(Some(current)) = self.app.store.job(job.id).await
+                            && current.state == JobState::Canceled
+                        {
+                            return None;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => listening = false,
+                },
+            }
+        }
+    }
+
+    async fn open_documents(&self, job: &Job) -> Result<Vec<OutgoingDocument>, OpenError> {
+        let mut documents = Vec::with_capacity(job.documents.len());
+        for info in &job.documents {
+            let data: BoxStream<'static, std::io::Result<Bytes>> = match &info.key {
+                Some(key) => self.app.documents.open(key).await.map_err(|error| {
+                    let message = format!("document {}: {error}", info.number);
+                    if error.kind() == std::io::ErrorKind::NotFound {
+                        OpenError::Missing(message)
+                    } else {
+                        OpenError::Transient(message)
+                    }
+                })?,
+                None => match self.app.store.inline_document(job.id, info.number).await {
+                    Ok(Some(bytes)) => Box::pin(stream::once(async move { Ok(bytes) })),
+                    Ok(None) => {
+                        return Err(OpenError::Missing(format!(
+                            "document {} has no bytes",
+                            info.number
+                        )));
+                    }
+                    Err(error) => {
+                        return Err(OpenError::Transient(format!(
+                            "document {}: {error}",
+                            info.number
+                        )));
+                    }
+                },
+            };
+            documents.push(OutgoingDocument {
+                format: info.format.clone(),
+                name: info.name.clone(),
+                size: info.size,
+                data,
+            });
+        }
+        Ok(documents)
+    }
+
+    fn aborted(&self, message: &str) -> Outcome {
+        Outcome::Aborted {
+            printer: self.name.clone(),
+            message: message.to_owned(),
+        }
+    }
+
+    fn retry(&self, job: &Job, message: &str) -> Outcome {
+        let delay = retry_delay(
+            job.attempts,
+            self.settings.retry_base,
+            self.settings.retry_max,
+        );
+        Outcome::Retry {
+            printer: self.name.clone(),
+            message: message.to_owned(),
+            retry_at_ms: now_millis().saturating_add(delay.as_millis() as i64),
+        }
+    }
+
+    /// Records the outcome (a few tries while the store is unavailable) and counts it.
+    async fn finish(&self, job: &Job, outcome: Outcome) {
+        let is_retry = matches!(outcome, Outcome::Retry { .. });
+        let mut tries = 0;
+        let finished = loop {
+            tries += 1;
+            match self
+                .app
+                .store
+                .finish(job.id, &self.claimer, outcome.clone())
+                .await
+            {
+                Ok(finished) => break finished,
+                Err(StoreError::Fenced(_)) => {
+                    tracing::warn!("claim lost to another dispatcher; leaving the job to it");
+                    return;
+                }
+                Err(StoreError::Unavailable(error)) if tries < 3 => {
+                    tracing::warn!(%error, "store unavailable while recording the outcome");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(error) => {
+                    // The job stays processing under our claim; recovery at the next
+                    // start puts it back.
+                    tracing::error!(%error, "recording the job's outcome");
+                    return;
+                }
+            }
+        };
+        let metrics = &self.app.metrics;
+        if is_retry {
+            metrics
+                .dispatch_retries
+                .with_label_values(&[self.name.as_str()])
+                .inc();
+            return;
+        }
+        let outcome = match finished.state {
+            JobState::Completed => "completed",
+            JobState::Aborted => "aborted",
+            // Canceled meanwhile: counted by whoever canceled it.
+            _ => return,
+        };
+        metrics
+            .jobs_finished
+            .with_label_values(&[job.queue.as_str(), outcome])
+            .inc();
+        if finished.state == JobState::Completed {
+            let end = finished.completed_at.unwrap_or(now_millis() / 1000);
+            metrics
+                .completion_seconds
+                .with_label_values(&[job.queue.as_str()])
+                .observe(end.saturating_sub(job.created_at).max(0) as f64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_per_attempt_up_to_the_cap() {
+        let base = Duration::from_secs(5);
+        let max = Duration::from_secs(300);
+        assert_eq!(retry_delay(1, base, max), Duration::from_secs(5));
+        assert_eq!(retry_delay(2, base, max), Duration::from_secs(10));
+        assert_eq!(retry_delay(4, base, max), Duration::from_secs(40));
+        assert_eq!(retry_delay(7, base, max), max);
+        assert_eq!(retry_delay(i32::MAX, base, max), max);
+        assert_eq!(retry_delay(0, base, max), base);
+    }
+}
