@@ -27,6 +27,8 @@ pub struct Settings {
     pub inline_document_bytes: usize,
     /// Longest time between two pieces of a request before the connection is dropped.
     pub idle_timeout: std::time::Duration,
+    /// Connections are IPPS (TLS); URIs in responses say `ipps://`.
+    pub tls: bool,
 }
 
 /// Everything a handler or worker needs, shared behind an `Arc`.

@@ -5,6 +5,7 @@
 //! printer `backend`, and `metrics` counts what happened. `config` holds the user's
 //! Printer / PrintQueue / AccountingPolicy documents; `app` ties the parts together.
 
+pub mod accounting;
 pub mod app;
 pub mod auth;
 pub mod backend;

@@ -91,6 +91,7 @@ impl Harness {
                 max_document_bytes: 1 << 30,
                 inline_document_bytes: 64 * 1024,
                 idle_timeout: Duration::from_secs(30),
+                tls: false,
             },
             config: config_receiver,
             store: Arc::new(store),
