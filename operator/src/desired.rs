@@ -1,0 +1,663 @@
+//! The objects a namespace should contain: per shard a Deployment of spooler pods, its
+//! config ConfigMap, a PodDisruptionBudget and RBAC for the shard's Lease; per namespace one
+//! submission Service and, where the API exists, a ServiceMonitor.
+//!
+//! Everything here is a pure function of the printfleet objects and the operator's settings.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use printfleet_crds::validate::{validate_policy, validate_printer, validate_queue};
+use printfleet_crds::{API_VERSION, AccountingPolicy, PrintQueue, Printer, SecretKeyRef};
+use ring::digest::{SHA256, digest};
+use serde::Serialize;
+
+use crate::shard::{ShardSettings, shard_name};
+
+/// Field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "printfleet-operator";
+/// Name of the submission Service (and ServiceMonitor) of a namespace.
+pub const SERVICE_NAME: &str = "printfleet";
+/// Port users print to on the Service (the IPP port).
+pub const SERVICE_PORT: i32 = 631;
+/// Port the spooler listens on inside its pod (IPP, health and metrics).
+pub const SPOOLER_PORT: i32 = 8631;
+/// Pod template annotation holding the hash of the shard's configuration, so a config
+/// change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "printfleet.io/config-hash";
+/// Label carrying a shard index on every shard object.
+pub const SHARD_LABEL: &str = "printfleet.io/shard";
+/// Key of the spooler configuration in the shard's ConfigMap.
+pub const CONFIG_KEY: &str = "printfleet.yaml";
+/// Where Secrets are mounted: `<dir>/<secret name>/<key>`, as the spooler's `--secrets-dir`.
+pub const SECRETS_DIR: &str = "/etc/printfleet/secrets";
+const CONFIG_DIR: &str = "/etc/printfleet/config";
+const STATE_DIR: &str = "/var/lib/printfleet";
+/// The unprivileged user of distroless images.
+const NON_ROOT_UID: i64 = 65532;
+
+/// How spooler pods are built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolerSettings {
+    pub image: String,
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+}
+
+impl Default for SpoolerSettings {
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/printfleet/printfleet-spooler:latest".into(),
+            cpu_request: "100m".into(),
+            memory_request: "128Mi".into(),
+            memory_limit: "512Mi".into(),
+        }
+    }
+}
+
+/// Labels every spooler object carries; the submission Service selects pods by these.
+pub fn spooler_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "printfleet-spooler".into()),
+        ("app.kubernetes.io/component".into(), "spooler".into()),
+        ("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into()),
+    ])
+}
+
+/// Labels of one shard's objects and pods.
+pub fn shard_labels(shard: u32) -> BTreeMap<String, String> {
+    let mut labels = spooler_labels();
+    labels.insert(SHARD_LABEL.into(), shard.to_string());
+    labels
+}
+
+/// The printfleet objects of one namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    pub printers: BTreeMap<String, Printer>,
+    pub queues: BTreeMap<String, PrintQueue>,
+    pub policies: BTreeMap<String, AccountingPolicy>,
+}
+
+/// Why a queue cannot be served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unresolved {
+    /// The queue's own spec is invalid.
+    Invalid(String),
+    /// Printers it names that do not exist.
+    PrinterNotFound(Vec<String>),
+    /// Printers it names that exist but are invalid.
+    PrinterInvalid(Vec<String>),
+    /// Its accounting policy does not exist.
+    PolicyNotFound(String),
+    /// Its accounting policy exists but is invalid.
+    PolicyInvalid(String),
+}
+
+impl Inventory {
+    /// Whether `queue` can be served: its spec is valid and everything it names exists and
+    /// is valid. Only such queues go into a shard's configuration, because the spooler
+    /// refuses a configuration with a dangling reference.
+    pub fn resolve(&self, queue: &PrintQueue) -> Result<(), Unresolved> {
+        if let Err(errors) = validate_queue(&queue.spec) {
+            return Err(Unresolved::Invalid(join_errors(&errors)));
+        }
+        let missing: Vec<String> = queue
+            .spec
+            .printers
+            .iter()
+            .filter(|name| !self.printers.contains_key(*name))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(Unresolved::PrinterNotFound(missing));
+        }
+        let invalid: Vec<String> = queue
+            .spec
+            .printers
+            .iter()
+            .filter(|name| {
+                self.printers
+                    .get(*name)
+                    .is_some_and(|printer| validate_printer(&printer.spec).is_err())
+            })
+            .cloned()
+            .collect();
+        if !invalid.is_empty() {
+            return Err(Unresolved::PrinterInvalid(invalid));
+        }
+        if let Some(policy_name) = &queue.spec.accounting_policy {
+            match self.policies.get(policy_name) {
+                None => return Err(Unresolved::PolicyNotFound(policy_name.clone())),
+                Some(policy) if validate_policy(&policy.spec).is_err() => {
+                    return Err(Unresolved::PolicyInvalid(policy_name.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The queues among `names` that can be served, in name order.
+    fn servable<'a>(&'a self, names: &[String]) -> Vec<&'a PrintQueue> {
+        names
+            .iter()
+            .filter_map(|name| self.queues.get(name))
+            .filter(|queue| self.resolve(queue).is_ok())
+            .collect()
+    }
+}
+
+pub(crate) fn join_errors(errors: &[printfleet_crds::validate::FieldError]) -> String {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    lines.join("; ")
+}
+
+/// One document of the spooler's configuration file.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfigDocument<'a, S> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: ConfigMetadata<'a>,
+    spec: &'a S,
+}
+
+#[derive(Serialize)]
+struct ConfigMetadata<'a> {
+    name: &'a str,
+}
+
+fn config_document<S: Serialize>(
+    kind: &'static str,
+    name: &str,
+    spec: &S,
+) -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&ConfigDocument {
+        api_version: API_VERSION,
+        kind,
+        metadata: ConfigMetadata { name },
+        spec,
+    })
+}
+
+/// The spooler configuration of a shard: its servable queues, the printers and policies
+/// they name, as multi-document YAML (policies, printers, queues, each sorted by name).
+pub fn render_config(
+    inventory: &Inventory,
+    queues: &[String],
+) -> Result<String, serde_yaml::Error> {
+    let queues = inventory.servable(queues);
+    let printers: BTreeSet<&String> = queues.iter().flat_map(|q| &q.spec.printers).collect();
+    let policies: BTreeSet<&String> = queues
+        .iter()
+        .filter_map(|q| q.spec.accounting_policy.as_ref())
+        .collect();
+    let mut documents = Vec::new();
+    for name in policies {
+        if let Some(policy) = inventory.policies.get(name) {
+            documents.push(config_document("AccountingPolicy", name, &policy.spec)?);
+        }
+    }
+    for name in printers {
+        if let Some(printer) = inventory.printers.get(name) {
+            documents.push(config_document("Printer", name, &printer.spec)?);
+        }
+    }
+    for queue in queues {
+        let name = queue.metadata.name.as_deref().unwrap_or_default();
+        documents.push(config_document("PrintQueue", name, &queue.spec)?);
+    }
+    Ok(documents
+        .iter()
+        .map(|doc| format!("---\n{doc}"))
+        .collect::<String>())
+}
+
+/// Hex SHA-256 of a rendered configuration.
+pub fn config_hash(config: &str) -> String {
+    digest(&SHA256, config.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// The Secret keys a shard's pods need, by Secret name: printer credentials and CA bundles
+/// and queue credentials files of its servable queues.
+pub fn secret_keys(inventory: &Inventory, queues: &[String]) -> BTreeMap<String, BTreeSet<String>> {
+    let queues = inventory.servable(queues);
+    let mut refs: Vec<&SecretKeyRef> = Vec::new();
+    for queue in &queues {
+        refs.extend(&queue.spec.access.credentials);
+        for printer in queue
+            .spec
+            .printers
+            .iter()
+            .filter_map(|p| inventory.printers.get(p))
+        {
+            refs.extend(&printer.spec.credentials);
+            refs.extend(&printer.spec.ca_bundle);
+        }
+    }
+    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for secret in refs {
+        keys.entry(secret.name.clone())
+            .or_default()
+            .insert(secret.key.clone());
+    }
+    keys
+}
+
+/// Owner references to every queue of a shard, so the shard's objects are garbage
+/// collected when the last of its queues is deleted (none is the controller: the shard
+/// belongs to all of them).
+pub fn queue_owners<'a>(queues: impl IntoIterator<Item = &'a PrintQueue>) -> Vec<OwnerReference> {
+    queues
+        .into_iter()
+        .filter_map(|queue| {
+            Some(OwnerReference {
+                api_version: PrintQueue::api_version(&()).into_owned(),
+                kind: PrintQueue::kind(&()).into_owned(),
+                name: queue.metadata.name.clone()?,
+                uid: queue.metadata.uid.clone()?,
+                ..OwnerReference::default()
+            })
+        })
+        .collect()
+}
+
+/// Everything one shard consists of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShardObjects {
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub pod_disruption_budget: PodDisruptionBudget,
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+}
+
+/// Builds the objects of shard `shard` of `namespace`, serving `queues` (names).
+pub fn shard_objects(
+    namespace: &str,
+    shard: u32,
+    queues: &[String],
+    inventory: &Inventory,
+    shards: &ShardSettings,
+    spooler: &SpoolerSettings,
+) -> Result<ShardObjects, serde_yaml::Error> {
+    let name = shard_name(shard);
+    let labels = shard_labels(shard);
+    let owners = queue_owners(queues.iter().filter_map(|q| inventory.queues.get(q)));
+    let metadata = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(namespace.to_owned()),
+        labels: Some(labels.clone()),
+        owner_references: Some(owners),
+        ..ObjectMeta::default()
+    };
+    let config = render_config(inventory, queues)?;
+    let hash = config_hash(&config);
+    let secrets = secret_keys(inventory, queues);
+    let selector = LabelSelector {
+        match_labels: Some(labels.clone()),
+        ..LabelSelector::default()
+    };
+    Ok(ShardObjects {
+        config_map: ConfigMap {
+            metadata: metadata.clone(),
+            data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), config)])),
+            ..ConfigMap::default()
+        },
+        deployment: deployment(&metadata, shard, &hash, &secrets, shards, spooler),
+        pod_disruption_budget: PodDisruptionBudget {
+            metadata: metadata.clone(),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(selector),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            ..PodDisruptionBudget::default()
+        },
+        service_account: ServiceAccount {
+            metadata: metadata.clone(),
+            ..ServiceAccount::default()
+        },
+        role: Role {
+            metadata: metadata.clone(),
+            rules: Some(vec![
+                // `create` cannot be limited to a name: Kubernetes does not know it yet.
+                PolicyRule {
+                    api_groups: Some(vec!["coordination.k8s.io".into()]),
+                    resources: Some(vec!["leases".into()]),
+                    verbs: vec!["create".into()],
+                    ..PolicyRule::default()
+                },
+                PolicyRule {
+                    api_groups: Some(vec!["coordination.k8s.io".into()]),
+                    resources: Some(vec!["leases".into()]),
+                    resource_names: Some(vec![name.clone()]),
+                    verbs: vec!["get".into(), "update".into(), "patch".into()],
+                    ..PolicyRule::default()
+                },
+            ]),
+        },
+        role_binding: RoleBinding {
+            metadata: metadata.clone(),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: name.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: name.clone(),
+                namespace: Some(namespace.to_owned()),
+                ..Subject::default()
+            }]),
+        },
+    })
+}
+
+/// Volume name of the n-th mounted Secret (Secret names may be longer than a volume name).
+fn secret_volume_name(index: usize) -> String {
+    format!("secret-{index}")
+}
+
+fn deployment(
+    metadata: &ObjectMeta,
+    shard: u32,
+    config_hash: &str,
+    secrets: &BTreeMap<String, BTreeSet<String>>,
+    shards: &ShardSettings,
+    spooler: &SpoolerSettings,
+) -> Deployment {
+    let name = metadata.name.clone().unwrap_or_default();
+    let labels = shard_labels(shard);
+    let selector = LabelSelector {
+        match_labels: Some(labels.clone()),
+        ..LabelSelector::default()
+    };
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "state".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    let mut mounts = vec![
+        mount("config", CONFIG_DIR),
+        mount("state", STATE_DIR),
+        mount("tmp", "/tmp"),
+    ];
+    for (index, (secret, keys)) in secrets.iter().enumerate() {
+        volumes.push(Volume {
+            name: secret_volume_name(index),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                items: Some(
+                    keys.iter()
+                        .map(|key| KeyToPath {
+                            key: key.clone(),
+                            path: key.clone(),
+                            ..KeyToPath::default()
+                        })
+                        .collect(),
+                ),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            read_only: Some(true),
+            ..mount(
+                &secret_volume_name(index),
+                &format!("{SECRETS_DIR}/{secret}"),
+            )
+        });
+    }
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("ipp".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "spooler".into(),
+        image: Some(spooler.image.clone()),
+        args: Some(vec![
+            "--config".into(),
+            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+            "--listen".into(),
+            format!("0.0.0.0:{SPOOLER_PORT}"),
+            "--state-dir".into(),
+            STATE_DIR.into(),
+            "--secrets-dir".into(),
+            SECRETS_DIR.into(),
+            "--log-format".into(),
+            "json".into(),
+        ]),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            EnvVar {
+                name: "PRINTFLEET_SHARD_LEASE".into(),
+                value: Some(name.clone()),
+                ..EnvVar::default()
+            },
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("ipp".into()),
+            container_port: SPOOLER_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(probe("/healthz", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity(spooler.cpu_request.clone())),
+                ("memory".into(), Quantity(spooler.memory_request.clone())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".into(),
+                Quantity(spooler.memory_limit.clone()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    let pod_affinity_term = |topology_key: &str| PodAffinityTerm {
+        label_selector: Some(selector.clone()),
+        topology_key: topology_key.into(),
+        ..PodAffinityTerm::default()
+    };
+    Deployment {
+        metadata: metadata.clone(),
+        spec: Some(DeploymentSpec {
+            replicas: Some(i32::try_from(shards.replicas_per_shard).unwrap_or(i32::MAX)),
+            selector: selector.clone(),
+            // A new pod is ready before an old one stops: a config roll never empties the shard.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.into(),
+                        config_hash.into(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(NON_ROOT_UID),
+                        run_as_group: Some(NON_ROOT_UID),
+                        fs_group: Some(NON_ROOT_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    // Preferred, not required: a one-node cluster still runs both replicas.
+                    affinity: Some(k8s_openapi::api::core::v1::Affinity {
+                        pod_anti_affinity: Some(PodAntiAffinity {
+                            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                                WeightedPodAffinityTerm {
+                                    weight: 100,
+                                    pod_affinity_term: pod_affinity_term("kubernetes.io/hostname"),
+                                },
+                            ]),
+                            ..PodAntiAffinity::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    topology_spread_constraints: Some(vec![TopologySpreadConstraint {
+                        max_skew: 1,
+                        topology_key: "topology.kubernetes.io/zone".into(),
+                        when_unsatisfiable: "ScheduleAnyway".into(),
+                        label_selector: Some(selector),
+                        ..TopologySpreadConstraint::default()
+                    }]),
+                    termination_grace_period_seconds: Some(30),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+fn mount(volume: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        ..VolumeMount::default()
+    }
+}
+
+fn field_env(name: &str, field: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// The submission Service of a namespace, in front of every spooler pod, owned by all its
+/// queues.
+pub fn submission_service<'a>(
+    namespace: &str,
+    queues: impl IntoIterator<Item = &'a PrintQueue>,
+) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(SERVICE_NAME.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(spooler_labels()),
+            owner_references: Some(queue_owners(queues)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(spooler_labels()),
+            ports: Some(vec![ServicePort {
+                name: Some("ipp".into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::String("ipp".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The ServiceMonitor (Prometheus Operator) scraping every spooler pod of a namespace.
+pub fn service_monitor(namespace: &str, owners: Vec<OwnerReference>) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {
+            "name": SERVICE_NAME,
+            "namespace": namespace,
+            "labels": spooler_labels(),
+            "ownerReferences": owners,
+        },
+        "spec": {
+            "selector": { "matchLabels": spooler_labels() },
+            "endpoints": [{ "port": "ipp", "path": "/metrics", "interval": "30s" }],
+        },
+    })
+}
+
+/// The IPP URI users print to for `queue` in `namespace`.
+pub fn queue_endpoint(namespace: &str, queue: &str) -> String {
+    format!("ipp://{SERVICE_NAME}.{namespace}.svc:{SERVICE_PORT}/ipp/print/{queue}")
+}
+
+#[cfg(test)]
+mod tests;

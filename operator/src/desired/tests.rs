@@ -1,0 +1,448 @@
+use printfleet_crds::{AccountingPolicySpec, PrintQueueSpec, PrinterSpec};
+
+use super::*;
+
+fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("office".into()),
+        uid: Some(format!("uid-{name}")),
+        generation: Some(1),
+        ..ObjectMeta::default()
+    }
+}
+
+fn printer(name: &str, spec: PrinterSpec) -> Printer {
+    Printer {
+        metadata: meta(name),
+        spec,
+        status: None,
+    }
+}
+
+fn ipp_printer(name: &str) -> Printer {
+    printer(
+        name,
+        PrinterSpec {
+            uri: format!("ipp://{name}.example:631/ipp/print"),
+            ..PrinterSpec::default()
+        },
+    )
+}
+
+fn queue(name: &str, printers: &[&str], policy: Option<&str>) -> PrintQueue {
+    PrintQueue {
+        metadata: meta(name),
+        spec: PrintQueueSpec {
+            printers: printers.iter().map(|p| (*p).to_owned()).collect(),
+            accounting_policy: policy.map(Into::into),
+            ..PrintQueueSpec::default()
+        },
+        status: None,
+    }
+}
+
+fn policy(name: &str, currency: &str) -> AccountingPolicy {
+    AccountingPolicy {
+        metadata: meta(name),
+        spec: AccountingPolicySpec {
+            currency: currency.into(),
+            ..AccountingPolicySpec::default()
+        },
+        status: None,
+    }
+}
+
+fn inventory(
+    printers: Vec<Printer>,
+    queues: Vec<PrintQueue>,
+    policies: Vec<AccountingPolicy>,
+) -> Inventory {
+    let by_name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
+    Inventory {
+        printers: printers
+            .into_iter()
+            .map(|p| (by_name(&p.metadata), p))
+            .collect(),
+        queues: queues
+            .into_iter()
+            .map(|q| (by_name(&q.metadata), q))
+            .collect(),
+        policies: policies
+            .into_iter()
+            .map(|p| (by_name(&p.metadata), p))
+            .collect(),
+    }
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|n| (*n).to_owned()).collect()
+}
+
+#[test]
+fn resolve_names_what_is_missing_or_invalid() {
+    let mut bad_printer = ipp_printer("bad");
+    bad_printer.spec.uri = "http://nope".into();
+    let inv = inventory(
+        vec![ipp_printer("p1"), bad_printer],
+        vec![],
+        vec![policy("eur", "EUR"), policy("broken", "euro")],
+    );
+    assert_eq!(inv.resolve(&queue("a", &["p1"], Some("eur"))), Ok(()));
+    assert_eq!(
+        inv.resolve(&queue("a", &["p1", "p2", "p3"], None)),
+        Err(Unresolved::PrinterNotFound(names(&["p2", "p3"])))
+    );
+    assert_eq!(
+        inv.resolve(&queue("a", &["bad"], None)),
+        Err(Unresolved::PrinterInvalid(names(&["bad"])))
+    );
+    assert_eq!(
+        inv.resolve(&queue("a", &["p1"], Some("usd"))),
+        Err(Unresolved::PolicyNotFound("usd".into()))
+    );
+    assert_eq!(
+        inv.resolve(&queue("a", &["p1"], Some("broken"))),
+        Err(Unresolved::PolicyInvalid("broken".into()))
+    );
+    assert!(matches!(
+        inv.resolve(&queue("a", &[], None)),
+        Err(Unresolved::Invalid(_))
+    ));
+}
+
+#[test]
+fn config_holds_servable_queues_with_their_printers_and_policies_only() {
+    let inv = inventory(
+        vec![ipp_printer("p1"), ipp_printer("p2"), ipp_printer("unused")],
+        vec![
+            queue("a", &["p1"], Some("eur")),
+            queue("b", &["p1", "p2"], None),
+            queue("dangling", &["p1", "gone"], None),
+            queue("other-shard", &["unused"], None),
+        ],
+        vec![policy("eur", "EUR"), policy("usd", "USD")],
+    );
+    let config = render_config(&inv, &names(&["a", "b", "dangling"])).expect("renders");
+    let documents: Vec<serde_yaml::Value> = config
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_yaml::from_str(d).expect("each document parses"))
+        .collect();
+    let heads: Vec<(String, String)> = documents
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default().to_owned(),
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("AccountingPolicy", "eur"),
+        ("Printer", "p1"),
+        ("Printer", "p2"),
+        ("PrintQueue", "a"),
+        ("PrintQueue", "b"),
+    ];
+    assert_eq!(
+        heads,
+        expected.map(|(k, n)| (k.to_owned(), n.to_owned())).to_vec()
+    );
+    for document in &documents {
+        assert_eq!(document["apiVersion"].as_str(), Some(API_VERSION));
+    }
+    assert_eq!(
+        documents[1]["spec"]["uri"].as_str(),
+        Some("ipp://p1.example:631/ipp/print")
+    );
+}
+
+#[test]
+fn config_hash_changes_with_config_and_only_then() {
+    let mut inv = inventory(
+        vec![ipp_printer("p1")],
+        vec![queue("a", &["p1"], None)],
+        vec![],
+    );
+    let objects = |inv: &Inventory| {
+        shard_objects(
+            "office",
+            0,
+            &names(&["a"]),
+            inv,
+            &ShardSettings::default(),
+            &SpoolerSettings::default(),
+        )
+        .expect("builds")
+    };
+    let hash_of = |objects: &ShardObjects| {
+        objects
+            .deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+            .expect("hash annotation")
+    };
+    let first = objects(&inv);
+    assert_eq!(
+        hash_of(&first),
+        hash_of(&objects(&inv)),
+        "same input, same hash"
+    );
+    let config = first
+        .config_map
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CONFIG_KEY))
+        .expect("config");
+    assert_eq!(hash_of(&first), config_hash(config));
+    inv.queues.get_mut("a").expect("queue a").spec.description = Some("second floor".into());
+    assert_ne!(
+        hash_of(&first),
+        hash_of(&objects(&inv)),
+        "a spec change rolls the pods"
+    );
+}
+
+#[test]
+fn secrets_are_mounted_and_never_rendered_into_the_config() {
+    let mut secure = printer(
+        "secure",
+        PrinterSpec {
+            uri: "ipps://secure.example/ipp/print".into(),
+            credentials: Some(SecretKeyRef {
+                name: "printer-login".into(),
+                key: "basic".into(),
+            }),
+            ca_bundle: Some(SecretKeyRef {
+                name: "site-ca".into(),
+                key: "ca.pem".into(),
+            }),
+            ..PrinterSpec::default()
+        },
+    );
+    secure.metadata.uid = Some("u".into());
+    let mut locked = queue("locked", &["secure"], None);
+    locked.spec.access.authentication = printfleet_crds::queue::AuthenticationMode::Basic;
+    locked.spec.access.credentials = Some(SecretKeyRef {
+        name: "printer-login".into(),
+        key: "users".into(),
+    });
+    let inv = inventory(vec![secure], vec![locked], vec![]);
+    let objects = shard_objects(
+        "office",
+        2,
+        &names(&["locked"]),
+        &inv,
+        &ShardSettings::default(),
+        &SpoolerSettings::default(),
+    )
+    .expect("builds");
+
+    let pod = objects
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    let secret_volumes: Vec<(String, Vec<String>)> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref())
+        .map(|s| {
+            (
+                s.secret_name.clone().unwrap_or_default(),
+                s.items
+                    .iter()
+                    .flatten()
+                    .map(|i| format!("{}->{}", i.key, i.path))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        secret_volumes,
+        vec![
+            (
+                "printer-login".into(),
+                vec!["basic->basic".into(), "users->users".into()]
+            ),
+            ("site-ca".into(), vec!["ca.pem->ca.pem".into()]),
+        ]
+    );
+    let mounts: Vec<(String, bool)> = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.name.starts_with("secret-"))
+        .map(|m| (m.mount_path.clone(), m.read_only == Some(true)))
+        .collect();
+    assert_eq!(
+        mounts,
+        vec![
+            ("/etc/printfleet/secrets/printer-login".into(), true),
+            ("/etc/printfleet/secrets/site-ca".into(), true),
+        ]
+    );
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert!(args.windows(2).any(|w| w == ["--secrets-dir", SECRETS_DIR]));
+    // The config names the Secret, it never holds a Secret's content.
+    let config = objects
+        .config_map
+        .data
+        .and_then(|mut d| d.remove(CONFIG_KEY))
+        .expect("config");
+    assert!(config.contains("name: printer-login"));
+    assert!(config.contains("key: basic"));
+}
+
+#[test]
+fn deployment_is_redundant_probed_and_locked_down() {
+    let inv = inventory(
+        vec![ipp_printer("p1")],
+        vec![queue("a", &["p1"], None)],
+        vec![],
+    );
+    let shards = ShardSettings {
+        replicas_per_shard: 3,
+        ..ShardSettings::default()
+    };
+    let spooler = SpoolerSettings {
+        image: "registry.example/spooler:1.2".into(),
+        ..SpoolerSettings::default()
+    };
+    let objects =
+        shard_objects("office", 1, &names(&["a"]), &inv, &shards, &spooler).expect("builds");
+    let deployment = objects.deployment;
+    assert_eq!(
+        deployment.metadata.name.as_deref(),
+        Some("printfleet-shard-1")
+    );
+    assert_eq!(deployment.metadata.namespace.as_deref(), Some("office"));
+    let owners = deployment
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(
+        (owners[0].kind.as_str(), owners[0].uid.as_str()),
+        ("PrintQueue", "uid-a")
+    );
+    assert_eq!(owners[0].api_version, "printfleet.io/v1alpha1");
+
+    let spec = deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(
+        spec.selector
+            .match_labels
+            .as_ref()
+            .and_then(|l| l.get(SHARD_LABEL))
+            .map(String::as_str),
+        Some("1")
+    );
+    let rolling = spec
+        .strategy
+        .and_then(|s| s.rolling_update)
+        .expect("rolling update");
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    let pod = spec.template.spec.expect("pod");
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("printfleet-shard-1")
+    );
+    let pod_security = pod.security_context.expect("pod security");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    let anti = pod
+        .affinity
+        .and_then(|a| a.pod_anti_affinity)
+        .expect("anti-affinity");
+    let term = &anti
+        .preferred_during_scheduling_ignored_during_execution
+        .expect("preferred")[0];
+    assert_eq!(
+        term.pod_affinity_term.topology_key,
+        "kubernetes.io/hostname"
+    );
+    assert_eq!(
+        pod.topology_spread_constraints.expect("spread")[0].topology_key,
+        "topology.kubernetes.io/zone"
+    );
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("registry.example/spooler:1.2")
+    );
+    let security = container
+        .security_context
+        .clone()
+        .expect("container security");
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_owned()])
+    );
+    let path = |probe: &Option<Probe>| {
+        probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(path(&container.liveness_probe).as_deref(), Some("/healthz"));
+    assert_eq!(path(&container.readiness_probe).as_deref(), Some("/readyz"));
+    let resources = container.resources.clone().expect("resources");
+    assert_eq!(
+        resources.limits.and_then(|l| l.get("memory").cloned()),
+        Some(Quantity("512Mi".into()))
+    );
+    assert_eq!(
+        container.ports.as_ref().map(|p| p[0].container_port),
+        Some(SPOOLER_PORT)
+    );
+
+    let pdb = objects.pod_disruption_budget.spec.expect("pdb");
+    assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+    let rules = objects.role.rules.expect("rules");
+    assert!(rules.iter().any(
+        |r| r.resource_names == Some(vec!["printfleet-shard-1".into()])
+            && r.verbs.contains(&"update".into())
+    ));
+    assert!(
+        rules
+            .iter()
+            .all(|r| r.resources == Some(vec!["leases".into()]))
+    );
+    assert_eq!(objects.role_binding.role_ref.name, "printfleet-shard-1");
+    assert_eq!(
+        objects.role_binding.subjects.expect("subjects")[0].name,
+        "printfleet-shard-1"
+    );
+}
+
+#[test]
+fn service_and_monitor_select_every_spooler_pod() {
+    let queues = [queue("a", &["p"], None), queue("b", &["p"], None)];
+    let service = submission_service("office", &queues);
+    let spec = service.spec.expect("spec");
+    assert_eq!(spec.selector, Some(spooler_labels()));
+    assert!(!spooler_labels().contains_key(SHARD_LABEL));
+    assert_eq!(spec.ports.expect("ports")[0].port, SERVICE_PORT);
+    assert_eq!(service.metadata.owner_references.map(|o| o.len()), Some(2));
+    let monitor = service_monitor("office", queue_owners(&queues));
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "printfleet-spooler"
+    );
+    assert_eq!(
+        queue_endpoint("office", "a"),
+        "ipp://printfleet.office.svc:631/ipp/print/a"
+    );
+}
