@@ -14,6 +14,11 @@ pub use policy::{AccountingPolicy, AccountingPolicySpec};
 pub use printer::{Printer, PrinterSpec, PrinterStatus};
 pub use queue::{PrintQueue, PrintQueueSpec, PrintQueueStatus};
 
+/// Annotation the operator puts on each PrintQueue in a shard's configuration: the shard
+/// that dispatches the queue. Every spooler pod accepts jobs for every queue; only the
+/// pods started with that `--shard` send them to printers.
+pub const SHARD_ANNOTATION: &str = "printfleet.io/shard";
+
 /// The API group of every printfleet kind.
 pub const GROUP: &str = "printfleet.io";
 /// The API version of every printfleet kind.

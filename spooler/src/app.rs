@@ -29,6 +29,9 @@ pub struct Settings {
     pub idle_timeout: std::time::Duration,
     /// Connections are IPPS (TLS); URIs in responses say `ipps://`.
     pub tls: bool,
+    /// Dispatch only the queues annotated with this shard (all queues when `None`); jobs
+    /// for every queue are accepted either way.
+    pub shard: Option<String>,
 }
 
 /// Everything a handler or worker needs, shared behind an `Arc`.

@@ -22,6 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::accounting;
 use crate::app::App;
 use crate::ipp;
 
@@ -174,6 +175,26 @@ async fn route(
             response
         }
         (&Method::GET, "/") => text(StatusCode::OK, overview(&app, &request)),
+        (&Method::GET, reports) if reports.starts_with(accounting::report::HTTP_PREFIX) => {
+            let config = app.config();
+            let answer = accounting::report::http(
+                app.store.as_ref(),
+                &config,
+                &app.settings.state_dir,
+                reports,
+                request.uri().query(),
+            )
+            .await;
+            let mut response = text(
+                StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                answer.body,
+            );
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(answer.content_type),
+            );
+            response
+        }
         (&Method::POST, _) => {
             let is_ipp = request
                 .headers()

@@ -3,6 +3,11 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+/// IPP `multiple-operation-time-out`: a job still receiving documents (Create-Job,
+/// Send-Document) that gets none for this many seconds is closed and printed with what it
+/// has (`multiple-operation-time-out-action` `process-job`).
+pub const MULTIPLE_OPERATION_TIME_OUT_SECONDS: i32 = 900;
+
 /// IPP `job-id`: a positive 32-bit integer, unique per spooler store.
 pub type JobId = i32;
 
@@ -129,6 +134,9 @@ pub struct NewJob {
     pub document: Option<NewDocument>,
     /// No more documents will follow (true for Print-Job).
     pub documents_complete: bool,
+    /// Accounting admission, checked and recorded in the transaction that creates the job
+    /// (see `store` § Admission); `None` records nothing in the ledger.
+    pub admission: Option<crate::accounting::ledger::Admission>,
 }
 
 /// Who dispatches a job: a spooler process and its leadership epoch. The store's claim

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
 
+use printfleet_spooler::accounting::report::ReportArgs;
 use printfleet_spooler::app::{App, Settings};
 use printfleet_spooler::auth::Authenticator;
 use printfleet_spooler::config::{self, Config};
@@ -16,6 +17,9 @@ use printfleet_spooler::dispatch::{self, DispatchHandle};
 use printfleet_spooler::job::Claimer;
 use printfleet_spooler::metrics::Metrics;
 use printfleet_spooler::store::{JobStore, LocalDocumentStore, SqliteJobStore};
+
+/// The job database in the state directory.
+const DATABASE_FILE: &str = "jobs.sqlite";
 
 /// The identity of the only dispatcher of a standalone spooler.
 const STANDALONE_CLAIMER: &str = "standalone";
@@ -57,6 +61,10 @@ struct Cli {
     /// PEM private key for `--tls-cert`.
     #[arg(long, env = "PRINTFLEET_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Dispatch only the queues whose `printfleet.io/shard` annotation names this shard
+    /// (set by the operator); without it, every queue.
+    #[arg(long, env = "PRINTFLEET_SHARD")]
+    shard: Option<String>,
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -69,6 +77,12 @@ enum LogFormat {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "report")
+    {
+        return report(ReportArgs::parse_from(std::env::args_os().skip(1)));
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let config = match Config::load(&cli.config) {
@@ -99,7 +113,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| default_secrets_dir(&cli.config));
     std::fs::create_dir_all(&cli.state_dir)
         .with_context(|| format!("creating the state directory {}", cli.state_dir.display()))?;
-    let store = SqliteJobStore::open(&cli.state_dir.join("jobs.sqlite"))
+    let store = SqliteJobStore::open(&cli.state_dir.join(DATABASE_FILE))
         .with_context(|| format!("opening the job store in {}", cli.state_dir.display()))?;
     let documents = LocalDocumentStore::open(cli.state_dir.join("documents"))
         .with_context(|| format!("opening the document store in {}", cli.state_dir.display()))?;
@@ -130,6 +144,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             inline_document_bytes: cli.inline_document_size,
             idle_timeout: Duration::from_secs(cli.idle_timeout.max(1)),
             tls: tls.is_some(),
+            shard: cli.shard.clone(),
         },
         config: config_rx,
         store,
@@ -159,6 +174,21 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         );
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `printfleet-spooler report ...`: an accounting report from the state directory.
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    init_logging(LogFormat::Text);
+    let database = args.state_dir.join(DATABASE_FILE);
+    let text = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(printfleet_spooler::accounting::report::run_command(
+            &args, &database,
+        ))?;
+    print!("{text}");
     Ok(())
 }
 

@@ -1,7 +1,14 @@
 //! Prometheus metrics on `/metrics`.
 //!
 //! Label values are bounded: queues and printers come from the config, operations and
-//! outcomes are fixed keyword sets.
+//! outcomes are fixed keyword sets, currencies come from the policies. User labels (on the
+//! accounting counters only) follow the queue's privacy mode — the name, its salted hash,
+//! or the empty value (which Prometheus treats as no label) when omitted — and at most
+//! [`MAX_USER_LABELS`] distinct users get their own label per process: later users are
+//! counted under [`OTHER_USERS`], so totals stay right while the series count is capped.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -27,6 +34,43 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     /// 1 when the printer answered its last probe and accepts jobs.
     pub printer_up: IntGaugeVec,
+    /// Impressions of completed jobs (the printer's count, else the estimate), by queue,
+    /// printer, user and color (`color` / `mono`).
+    pub impressions: IntCounterVec,
+    /// Sheets of completed jobs, labelled as `impressions`.
+    pub sheets: IntCounterVec,
+    /// What completed jobs cost, in minor units of the currency (cents for EUR), by queue,
+    /// user and currency.
+    pub cost: IntCounterVec,
+    users: Arc<UserLabels>,
+}
+
+/// Most distinct user label values per process.
+pub const MAX_USER_LABELS: usize = 1000;
+/// The user label of every user beyond [`MAX_USER_LABELS`].
+pub const OTHER_USERS: &str = "other";
+
+/// The user label values handed out so far.
+#[derive(Default)]
+struct UserLabels {
+    seen: Mutex<HashSet<String>>,
+}
+
+impl UserLabels {
+    fn bounded(&self, label: String) -> String {
+        if label.is_empty() {
+            return label;
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.contains(&label) {
+            return label;
+        }
+        if seen.len() < MAX_USER_LABELS {
+            seen.insert(label.clone());
+            return label;
+        }
+        OTHER_USERS.to_owned()
+    }
 }
 
 impl Metrics {
@@ -103,8 +147,30 @@ impl Metrics {
                 "1 when the printer answered its last probe and accepts jobs.",
                 &["printer"],
             ),
+            impressions: counter(
+                "printfleet_impressions_total",
+                "Impressions of completed jobs, by queue, printer, user and color.",
+                &["queue", "printer", "user", "color"],
+            ),
+            sheets: counter(
+                "printfleet_sheets_total",
+                "Sheets of completed jobs, by queue, printer, user and color.",
+                &["queue", "printer", "user", "color"],
+            ),
+            cost: counter(
+                "printfleet_cost_minor_units_total",
+                "What completed jobs cost, in minor units of the currency, by queue, user and currency.",
+                &["queue", "user", "currency"],
+            ),
+            users: Arc::default(),
             registry,
         }
+    }
+
+    /// The `user` label value for a user's privacy label (`None`: omitted, the empty value),
+    /// within the cardinality bound.
+    pub fn user_label(&self, label: Option<String>) -> String {
+        self.users.bounded(label.unwrap_or_default())
     }
 
     /// The Prometheus text exposition of every metric.
@@ -121,5 +187,38 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_labels_are_bounded() {
+        let metrics = Metrics::new();
+        for n in 0..MAX_USER_LABELS {
+            assert_eq!(metrics.user_label(Some(format!("u{n}"))), format!("u{n}"));
+        }
+        assert_eq!(metrics.user_label(Some("late".into())), OTHER_USERS);
+        assert_eq!(metrics.user_label(Some("u7".into())), "u7");
+        assert_eq!(metrics.user_label(None), "");
+    }
+
+    #[test]
+    fn accounting_counters_render() {
+        let metrics = Metrics::new();
+        let user = metrics.user_label(Some("alice".into()));
+        metrics
+            .cost
+            .with_label_values(&["office", user.as_str(), "EUR"])
+            .inc_by(135);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"printfleet_cost_minor_units_total{currency="EUR",queue="office",user="alice"} 135"#
+            ),
+            "{text}"
+        );
     }
 }

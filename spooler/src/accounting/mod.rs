@@ -31,8 +31,12 @@
 //! `PriceList::price` (a `Usage` built from `job-impressions-completed` and
 //! `job-media-sheets-completed`).
 
+pub mod admission;
+pub mod ledger;
 pub mod pages;
 pub mod pricing;
 pub mod privacy;
 pub mod quota;
+pub mod report;
+pub mod settle;
 pub mod usage;

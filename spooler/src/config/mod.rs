@@ -20,6 +20,9 @@ pub struct Config {
     pub printers: BTreeMap<String, PrinterSpec>,
     pub queues: BTreeMap<String, PrintQueueSpec>,
     pub policies: BTreeMap<String, AccountingPolicySpec>,
+    /// The shard that dispatches each queue that names one (the `printfleet.io/shard`
+    /// annotation the operator sets).
+    pub queue_shards: BTreeMap<String, String>,
 }
 
 /// Why a configuration cannot be used.
@@ -101,12 +104,30 @@ impl Kind {
 }
 
 impl Config {
-    /// The queues a printer serves (a printer may belong to several pools).
-    pub fn queues_of_printer(&self, printer: &str) -> Vec<String> {
+    /// Whether a spooler of `shard` dispatches `queue`: without a shard, every queue.
+    pub fn dispatches(&self, queue: &str, shard: Option<&str>) -> bool {
+        shard.is_none_or(|shard| self.queue_shards.get(queue).map(String::as_str) == Some(shard))
+    }
+
+    /// The queues a printer serves for a spooler of `shard` (a printer may belong to
+    /// several pools).
+    pub fn queues_of_printer(&self, printer: &str, shard: Option<&str>) -> Vec<String> {
         self.queues
             .iter()
-            .filter(|(_, queue)| queue.printers.iter().any(|p| p == printer))
+            .filter(|(name, queue)| {
+                queue.printers.iter().any(|p| p == printer) && self.dispatches(name, shard)
+            })
             .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// The printers a spooler of `shard` drives: those of the queues it dispatches.
+    pub fn dispatched_printers(&self, shard: Option<&str>) -> BTreeMap<&str, &PrinterSpec> {
+        self.queues
+            .iter()
+            .filter(|(name, _)| self.dispatches(name, shard))
+            .flat_map(|(_, queue)| queue.printers.iter())
+            .filter_map(|name| Some((name.as_str(), self.printers.get(name)?)))
             .collect()
     }
 
@@ -277,6 +298,13 @@ impl Builder<'_> {
             Kind::PrintQueue => {
                 if let Some(queue) = self.typed::<printfleet_crds::PrintQueue>(&at, chunk) {
                     self.queue_references.push((at.clone(), queue.spec.clone()));
+                    let shard =
+                        queue.metadata.annotations.as_ref().and_then(|annotations| {
+                            annotations.get(printfleet_crds::SHARD_ANNOTATION)
+                        });
+                    if let Some(shard) = shard {
+                        self.config.queue_shards.insert(name.clone(), shard.clone());
+                    }
                     self.accept(&at, validate::validate_queue(&queue.spec), |config| {
                         config.queues.insert(name, queue.spec)
                     });

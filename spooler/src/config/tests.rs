@@ -62,7 +62,7 @@ fn standalone_example_is_the_demo() {
         config.printers["demo-printer"].uri,
         "file:///tmp/printfleet-demo"
     );
-    assert_eq!(config.queues_of_printer("demo-printer"), ["demo"]);
+    assert_eq!(config.queues_of_printer("demo-printer", None), ["demo"]);
 }
 
 #[test]
@@ -356,4 +356,46 @@ async fn watch_sees_a_configmap_style_symlink_swap() {
     assert!(changed_within(&mut receiver, Duration::from_secs(5)).await);
     assert!(receiver.borrow().printers.contains_key("lab-2"));
     task.abort();
+}
+
+#[test]
+fn a_shard_dispatches_only_its_annotated_queues_and_their_printers() {
+    let sharded = |name: &str, printers: &str, shard: &str| {
+        queue(name, printers).replace(
+            &format!("  name: {name}\n"),
+            &format!("  name: {name}\n  annotations:\n    printfleet.io/shard: \"{shard}\"\n"),
+        )
+    };
+    let text = [
+        PRINTER.to_string(),
+        PRINTER.replace("lab-1", "lab-2"),
+        sharded("front", "[lab-1]", "0"),
+        sharded("back", "[lab-2]", "1"),
+        sharded("shared", "[lab-1, lab-2]", "1"),
+    ]
+    .join("---\n");
+    let config = Config::parse(&text, "sharded.yaml").expect("valid");
+    assert_eq!(
+        config.queue_shards.get("front").map(String::as_str),
+        Some("0")
+    );
+
+    assert!(config.dispatches("front", Some("0")));
+    assert!(!config.dispatches("front", Some("1")));
+    assert!(config.dispatches("front", None), "no shard: every queue");
+
+    assert_eq!(config.queues_of_printer("lab-1", Some("0")), ["front"]);
+    assert_eq!(config.queues_of_printer("lab-1", Some("1")), ["shared"]);
+    assert_eq!(config.queues_of_printer("lab-1", None), ["front", "shared"]);
+
+    let printers = |shard| {
+        config
+            .dispatched_printers(shard)
+            .into_keys()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(printers(Some("0")), ["lab-1"]);
+    assert_eq!(printers(Some("1")), ["lab-1", "lab-2"]);
+    assert!(printers(Some("7")).is_empty());
+    assert_eq!(printers(None), ["lab-1", "lab-2"]);
 }

@@ -5,9 +5,9 @@
 //! worker claims from the same queues and a failing printer stops claiming while it is
 //! down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use printfleet_crds::PrinterSpec;
 use printfleet_crds::queue::Retention;
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::job::{Claimer, JobId};
+use crate::store::{JobQuery, WhichJobs};
 
 mod worker;
 
@@ -81,8 +82,11 @@ pub struct DispatchSettings {
     pub retry_max: Duration,
     /// How often the queue depth gauges are refreshed.
     pub depth_interval: Duration,
-    /// How often finished jobs beyond their queue's retention are purged.
+    /// How often finished jobs beyond their queue's retention are purged, and jobs
+    /// abandoned while receiving documents are closed.
     pub retention_interval: Duration,
+    /// A job that receives no document for this long is closed (`multiple-operation-time-out`).
+    pub multiple_operation_timeout: Duration,
 }
 
 impl Default for DispatchSettings {
@@ -96,6 +100,11 @@ impl Default for DispatchSettings {
             retry_max: Duration::from_secs(300),
             depth_interval: Duration::from_secs(15),
             retention_interval: Duration::from_secs(60),
+            multiple_operation_timeout: Duration::from_secs(
+                crate::job::MULTIPLE_OPERATION_TIME_OUT_SECONDS
+                    .unsigned_abs()
+                    .into(),
+            ),
         }
     }
 }
@@ -162,10 +171,11 @@ fn reconcile(
     retiring: &mut Vec<JoinHandle<()>>,
 ) {
     let config = app.config();
+    let printers = config.dispatched_printers(app.settings.shard.as_deref());
     retiring.retain(|task| !task.is_finished());
     let outdated: Vec<String> = workers
         .iter()
-        .filter(|(name, slot)| config.printers.get(*name) != Some(&slot.spec))
+        .filter(|(name, slot)| printers.get(name.as_str()) != Some(&&slot.spec))
         .map(|(name, _)| name.clone())
         .collect();
     for name in outdated {
@@ -173,28 +183,21 @@ fn reconcile(
             continue;
         };
         let _ = slot.stop.send(true);
-        if config.printers.contains_key(&name) {
+        if let Some(spec) = printers.get(name.as_str()) {
             tracing::info!(printer = %name, "printer changed; restarting its worker");
-            let replacement = start_worker(
-                app,
-                claimer,
-                settings,
-                &name,
-                &config.printers[&name],
-                Some(slot.task),
-            );
+            let replacement = start_worker(app, claimer, settings, &name, spec, Some(slot.task));
             workers.insert(name, replacement);
         } else {
-            tracing::info!(printer = %name, "printer removed; its worker stops after its current job");
+            tracing::info!(printer = %name, "printer removed (or no longer dispatched here); its worker stops after its current job");
             let _ = app.metrics.printer_up.remove_label_values(&[name.as_str()]);
             retiring.push(slot.task);
         }
     }
-    for (name, spec) in &config.printers {
+    for (name, spec) in printers {
         if !workers.contains_key(name) {
             tracing::info!(printer = %name, "starting a worker");
             let slot = start_worker(app, claimer, settings, name, spec, None);
-            workers.insert(name.clone(), slot);
+            workers.insert(name.to_string(), slot);
         }
     }
 }
@@ -268,11 +271,77 @@ async fn housekeeping(
     let mut retention = tokio::time::interval(settings.retention_interval);
     depths.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut open_jobs = OpenJobs::default();
     loop {
         tokio::select! {
             _ = depths.tick() => update_queue_depths(&app).await,
-            _ = retention.tick() => purge_history(&app).await,
+            _ = retention.tick() => {
+                purge_history(&app).await;
+                close_abandoned_jobs(&app, &mut open_jobs, settings.multiple_operation_timeout).await;
+            }
             _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Jobs still receiving documents: how many they had when last seen, and since when.
+/// Kept in memory, so a restart gives every open job a fresh time-out (never a shorter one).
+#[derive(Default)]
+struct OpenJobs(HashMap<JobId, (usize, Instant)>);
+
+impl OpenJobs {
+    /// Record what was seen now; returns the jobs without a new document for `timeout`.
+    fn idle_beyond(
+        &mut self,
+        seen: &[(JobId, usize)],
+        now: Instant,
+        timeout: Duration,
+    ) -> Vec<JobId> {
+        let previous = std::mem::take(&mut self.0);
+        let mut idle = Vec::new();
+        for &(id, documents) in seen {
+            let since = match previous.get(&id) {
+                Some(&(count, since)) if count == documents => since,
+                _ => now,
+            };
+            if now.duration_since(since) >= timeout {
+                idle.push(id);
+            }
+            self.0.insert(id, (documents, since));
+        }
+        idle
+    }
+}
+
+/// Close jobs whose client stopped sending documents (`multiple-operation-time-out`):
+/// they print with the documents they have; one with none is aborted by its worker.
+async fn close_abandoned_jobs(app: &App, open_jobs: &mut OpenJobs, timeout: Duration) {
+    let query = JobQuery {
+        which: WhichJobs::NotCompleted,
+        ..JobQuery::default()
+    };
+    let jobs = match app.store.list_jobs(&query).await {
+        Ok(jobs) => jobs,
+        Err(error) => {
+            tracing::warn!(%error, "listing jobs still receiving documents");
+            return;
+        }
+    };
+    let seen: Vec<(JobId, usize)> = jobs
+        .iter()
+        .filter(|job| !job.documents_complete)
+        .map(|job| (job.id, job.documents.len()))
+        .collect();
+    for id in open_jobs.idle_beyond(&seen, Instant::now(), timeout) {
+        match app.store.add_document(id, None, true).await {
+            Ok(_) => {
+                tracing::warn!(
+                    job_id = id,
+                    "no document for the multiple-operation-time-out; closing the job"
+                );
+                app.dispatch.wake();
+            }
+            Err(error) => tracing::warn!(%error, job_id = id, "closing an abandoned job"),
         }
     }
 }

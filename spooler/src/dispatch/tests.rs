@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use printfleet_crds::{PrintQueueSpec, PrinterSpec};
@@ -34,6 +34,7 @@ fn fast_settings() -> DispatchSettings {
         retry_max: Duration::from_millis(500),
         depth_interval: Duration::from_millis(100),
         retention_interval: Duration::from_secs(3600),
+        multiple_operation_timeout: Duration::from_secs(3600),
     }
 }
 
@@ -60,6 +61,7 @@ fn config(printers: &[(&str, String)], queues: &[(&str, &[&str])]) -> Config {
             })
             .collect(),
         policies: BTreeMap::new(),
+        queue_shards: BTreeMap::new(),
     }
 }
 
@@ -92,6 +94,7 @@ impl Harness {
                 inline_document_bytes: 64 * 1024,
                 idle_timeout: Duration::from_secs(30),
                 tls: false,
+                shard: None,
             },
             config: config_receiver,
             store: Arc::new(store),
@@ -126,6 +129,17 @@ impl Harness {
 
     /// Submits a job the way the IPP layer does: durable document, then a wake.
     async fn submit(&self, queue: &str, priority: i32, data: &[u8]) -> Job {
+        self.submit_with(queue, priority, data, true).await
+    }
+
+    /// Like `submit`; `documents_complete: false` leaves the job open for more documents.
+    async fn submit_with(
+        &self,
+        queue: &str,
+        priority: i32,
+        data: &[u8],
+        documents_complete: bool,
+    ) -> Job {
         let body = if data.len() <= self.app.settings.inline_document_bytes {
             DocumentBody::Inline(Bytes::copy_from_slice(data))
         } else {
@@ -154,7 +168,8 @@ impl Harness {
                     size: data.len() as u64,
                     body,
                 }),
-                documents_complete: true,
+                documents_complete,
+                admission: None,
             })
             .await
             .unwrap();
@@ -497,6 +512,7 @@ async fn a_job_the_printer_refuses_is_aborted() {
                 body: DocumentBody::Inline(Bytes::from_static(b"??")),
             }),
             documents_complete: true,
+            admission: None,
         })
         .await
         .unwrap();
@@ -579,4 +595,56 @@ fn retention_defaults_to_a_week_and_a_thousand_jobs() {
         max_jobs: Some(5),
     };
     assert_eq!(retention_limits(&custom, now), (now - 60, 5));
+}
+
+#[tokio::test]
+async fn a_job_left_open_is_closed_and_printed_after_the_time_out() {
+    let out = tempfile::tempdir().unwrap();
+    let printers = config(
+        &[("demo", format!("file://{}", out.path().display()))],
+        &[("office", &["demo"])],
+    );
+    let mut settings = fast_settings();
+    settings.retention_interval = Duration::from_millis(100);
+    settings.multiple_operation_timeout = Duration::from_millis(500);
+    let mut harness = Harness::with_settings(printers, settings);
+    harness.start();
+    let job = harness
+        .submit_with("office", 50, b"first and only document\n", false)
+        .await;
+    assert!(!job.documents_complete);
+    let done = harness
+        .wait_for(job.id, |job| job.state == JobState::Completed)
+        .await;
+    assert!(done.documents_complete, "closed by the time-out");
+    assert_eq!(
+        std::fs::read(out.path().join(format!("{}-1.txt", job.id))).unwrap(),
+        b"first and only document\n"
+    );
+    harness.stop().await;
+}
+
+#[test]
+fn open_jobs_time_out_only_without_new_documents() {
+    let timeout = Duration::from_secs(900);
+    let start = Instant::now();
+    let mut open = OpenJobs::default();
+    assert!(
+        open.idle_beyond(&[(1, 1), (2, 1)], start, timeout)
+            .is_empty()
+    );
+    // Job 2 got a second document: its clock starts again.
+    let later = start + Duration::from_secs(600);
+    assert!(
+        open.idle_beyond(&[(1, 1), (2, 2)], later, timeout)
+            .is_empty()
+    );
+    let past_first = start + Duration::from_secs(901);
+    assert_eq!(
+        open.idle_beyond(&[(1, 1), (2, 2)], past_first, timeout),
+        [1]
+    );
+    // A job that closed or finished is forgotten.
+    assert!(open.idle_beyond(&[(2, 2)], past_first, timeout).is_empty());
+    assert_eq!(open.idle_beyond(&[(2, 2)], later + timeout, timeout), [2]);
 }

@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
 use super::{DispatchSettings, now_millis, stopped};
+use crate::accounting;
 use crate::app::App;
 use crate::backend::{self, Backend, BackendError, Delivery, OutgoingDocument, OutgoingJob};
 use crate::job::{Claimer, Job, JobId, JobState};
@@ -102,6 +103,10 @@ impl PrinterWorker {
         // Subscribed for the worker's life, so a cancel sent between a claim and the start
         // of the transmission is not missed.
         let mut cancels = self.app.dispatch.subscribe_cancels();
+        // Jobs that completed without their settlement recorded (a stop in between).
+        if let Err(error) = accounting::settle::settle_unsettled(&self.app).await {
+            tracing::warn!(%error, "settling completed jobs");
+        }
         let mut backoff = self.settings.probe_backoff_initial;
         let mut was_up = None;
         while !self.is_stopped() {
@@ -161,7 +166,9 @@ impl PrinterWorker {
             let woken = app.dispatch.woken();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let queues = app.config().queues_of_printer(&self.name);
+            let queues = app
+                .config()
+                .queues_of_printer(&self.name, app.settings.shard.as_deref());
             if !queues.is_empty() {
                 match app
                     .store
@@ -410,6 +417,10 @@ impl PrinterWorker {
             .with_label_values(&[job.queue.as_str(), outcome])
             .inc();
         if finished.state == JobState::Completed {
+            // Exactly once in the ledger; one missed here is settled by the next sweep.
+            if let Err(error) = accounting::settle::settle(&self.app, &finished).await {
+                tracing::warn!(%error, "recording the job's settlement");
+            }
             let end = finished.completed_at.unwrap_or(now_millis() / 1000);
             metrics
                 .completion_seconds

@@ -205,6 +205,8 @@ pub struct Response {
     pub unsupported: Vec<IppAttribute>,
     /// Job, printer... groups in order.
     pub groups: Vec<IppAttributeGroup>,
+    /// Sent instead of `status` when set.
+    pub account_status: Option<super::AccountStatus>,
 }
 
 impl Response {
@@ -214,7 +216,14 @@ impl Response {
             message: None,
             unsupported: Vec::new(),
             groups: Vec::new(),
+            account_status: None,
         }
+    }
+
+    /// The keyword of the status sent (for logs and metrics).
+    pub fn status_keyword(&self) -> &'static str {
+        self.account_status
+            .map_or_else(|| super::status_keyword(self.status), |a| a.keyword())
     }
 
     /// Add a group of attributes (several groups of one tag stay separate, as Get-Jobs needs).
@@ -228,7 +237,10 @@ impl Response {
     pub fn encode(&self, version: u16, request_id: i32) -> Bytes {
         let mut buffer = BytesMut::with_capacity(1024);
         buffer.put_u16(version);
-        buffer.put_u16(self.status as u16);
+        buffer.put_u16(
+            self.account_status
+                .map_or(self.status as u16, super::AccountStatus::code),
+        );
         buffer.put_i32(request_id);
         buffer.put_u8(DelimiterTag::OperationAttributes as u8);
         buffer.put(charset("attributes-charset", "utf-8").to_bytes());

@@ -127,9 +127,11 @@ pub fn parse_submission(
             .map(|a| a.name().to_string())
             .collect();
         return Err(Failure {
-            status: StatusCode::ClientErrorAttributesOrValuesNotSupported,
-            message: format!("unsupported attributes or values: {}", names.join(", ")),
             unsupported: submission.unsupported,
+            ..Failure::new(
+                StatusCode::ClientErrorAttributesOrValuesNotSupported,
+                format!("unsupported attributes or values: {}", names.join(", ")),
+            )
         });
     }
     Ok(submission)

@@ -58,6 +58,35 @@ pub struct Failure {
     pub status: StatusCode,
     pub message: String,
     pub unsupported: Vec<IppAttribute>,
+    /// Replaces `status` on the wire (see [`AccountStatus`]).
+    pub account_status: Option<AccountStatus>,
+}
+
+/// The PWG 5100.3 account status codes, which the `ipp` crate's `StatusCode` lacks. A
+/// failure or response carrying one sends it instead of its `status` (kept as the nearest
+/// RFC 8011 code, `client-error-not-authorized`, for anything that only knows those).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum AccountStatus {
+    InfoNeeded = 0x041C,
+    Closed = 0x041D,
+    LimitReached = 0x041E,
+    AuthorizationFailed = 0x041F,
+}
+
+impl AccountStatus {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    pub fn keyword(self) -> &'static str {
+        match self {
+            AccountStatus::InfoNeeded => "client-error-account-info-needed",
+            AccountStatus::Closed => "client-error-account-closed",
+            AccountStatus::LimitReached => "client-error-account-limit-reached",
+            AccountStatus::AuthorizationFailed => "client-error-account-authorization-failed",
+        }
+    }
 }
 
 impl Failure {
@@ -66,6 +95,15 @@ impl Failure {
             status,
             message: message.into(),
             unsupported: Vec::new(),
+            account_status: None,
+        }
+    }
+
+    /// A refusal with one of the account status codes.
+    pub fn account(status: AccountStatus, message: impl Into<String>) -> Failure {
+        Failure {
+            account_status: Some(status),
+            ..Failure::new(StatusCode::ClientErrorNotAuthorized, message)
         }
     }
 
@@ -125,7 +163,7 @@ pub async fn serve_stream(ctx: RequestContext, body: BodyChunks) -> http::Respon
     ctx.app
         .metrics
         .ipp_requests
-        .with_label_values(&[operation, status_keyword(response.status)])
+        .with_label_values(&[operation, response.status_keyword()])
         .inc();
     ctx.app
         .metrics

@@ -36,7 +36,9 @@ use crate::config::Config;
 use crate::document::{OCTET_STREAM, detect_format};
 use crate::job::{DocumentBody, Job, JobId, JobState, NewDocument, NewJob};
 use crate::store::spool::{SpoolError, SpoolLimits, spool_document};
-use crate::store::{JobQuery, StoreError, UserAction, WhichJobs};
+use crate::store::{JobQuery, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs};
+
+mod admission;
 
 /// What the HTTP layer sends back.
 pub enum Reply {
@@ -233,13 +235,16 @@ pub async fn handle(
                 peer = %ctx.peer,
                 path = %ctx.path,
                 operation = operation_name(request.header.operation),
-                status = super::status_keyword(failure.status),
+                status = failure
+                    .account_status
+                    .map_or_else(|| super::status_keyword(failure.status), |a| a.keyword()),
                 reason = %failure.message,
                 "IPP request refused"
             );
             let mut response = Response::new(failure.status);
             response.message = Some(failure.message);
             response.unsupported = failure.unsupported;
+            response.account_status = failure.account_status;
             Reply::Ipp(response)
         }
     }
@@ -427,6 +432,7 @@ fn store_failure(error: StoreError) -> Failure {
         StoreError::Fenced(_) | StoreError::Document(_) | StoreError::Internal(_) => {
             Failure::new(StatusCode::ServerErrorInternalError, error.to_string())
         }
+        StoreError::QuotaExceeded(tripped) => admission::quota_refusal(&tripped),
     }
 }
 
@@ -654,6 +660,8 @@ async fn submit(
     }
     let profile = QueueProfile::derive(config, queue);
     let submission = parse_submission(request, &profile, &queue.defaults)?;
+    let policy = admission::queue_policy(config, &queue_name)?;
+    admission::check_billing_code(policy.as_deref(), &submission.ticket)?;
     let mut response = Response::new(ok_status(&submission.unsupported));
     if operation == Operation::ValidateJob {
         response.unsupported = submission.unsupported;
@@ -676,6 +684,16 @@ async fn submit(
         None
     };
     let stored_body = document.as_ref().map(|d| d.body.clone());
+    // Create-Job is admitted with its last document.
+    let job_admission = match &document {
+        Some(document) => Some(admission::admission(
+            policy.as_deref(),
+            &identity,
+            &submission.ticket,
+            &[admission::pages_of_new(ctx, document).await],
+        )),
+        None => None,
+    };
     let job = NewJob {
         queue: queue_name.clone(),
         owner: identity.user.clone(),
@@ -690,6 +708,7 @@ async fn submit(
         ticket: submission.ticket,
         documents_complete: operation == Operation::PrintJob,
         document,
+        admission: job_admission,
     };
     let job = match ctx.app.store.create_job(job).await {
         Ok(job) => job,
@@ -738,7 +757,7 @@ async fn send_document(
     operation: Operation,
     body: &mut Body,
 ) -> Outcome {
-    let (job, _, _) = managed_job(ctx, config, request, "add documents to").await?;
+    let (job, _, identity) = managed_job(ctx, config, request, "add documents to").await?;
     let last = match (operation, request.operation("last-document")) {
         (Operation::CloseJob, _) => true,
         (_, Some(IppValue::Boolean(last))) => *last,
@@ -770,11 +789,41 @@ async fn send_document(
         return Err(Failure::bad_request("Send-Document without document data").into());
     }
     let stored_body = document.as_ref().map(|d| d.body.clone());
-    let job = match ctx.app.store.add_document(job.id, document, last).await {
+    let added = if last {
+        let mut pages = admission::pages_of_job(ctx, &job).await;
+        if let Some(document) = &document {
+            pages.push(admission::pages_of_new(ctx, document).await);
+        }
+        // The job's owner pays; their groups are known when they are the requester.
+        let payer = if identity.user == job.owner {
+            identity
+        } else {
+            Identity {
+                user: job.owner.clone(),
+                groups: Vec::new(),
+                authenticated: false,
+            }
+        };
+        let policy = admission::queue_policy(config, &job.queue)?;
+        let job_admission = admission::admission(policy.as_deref(), &payer, &job.ticket, &pages);
+        ctx.app
+            .store
+            .add_last_document(job.id, document, job_admission)
+            .await
+    } else {
+        ctx.app.store.add_document(job.id, document, last).await
+    };
+    let job = match added {
         Ok(job) => job,
         Err(error) => {
             if let Some(body) = &stored_body {
                 discard(ctx, body).await;
+            }
+            if matches!(error, StoreError::QuotaExceeded(_)) {
+                // The job can never be admitted: do not leave it waiting for documents.
+                if let Err(error) = ctx.app.store.apply(job.id, UserAction::Cancel).await {
+                    tracing::warn!(job = job.id, %error, "canceling a job over quota");
+                }
             }
             return Err(store_failure(error).into());
         }
@@ -797,7 +846,19 @@ async fn job_action(
         Operation::ReleaseJob => (UserAction::Release, "release"),
         _ => (UserAction::Cancel, "cancel"),
     };
-    let (job, _, identity) = managed_job(ctx, config, request, verb).await?;
+    let (job, access, identity) = managed_job(ctx, config, request, verb).await?;
+    // A job held over a quota is released by an operator only (it was already charged).
+    if action == UserAction::Release
+        && job
+            .reasons
+            .iter()
+            .any(|reason| reason == REASON_ACCOUNT_LIMIT)
+        && !auth::is_operator(&access, &identity)
+    {
+        return Err(
+            not_authorized(&format!("release job {} (over quota)", job.id), &identity).into(),
+        );
+    }
     let purge = matches!(
         request.operation("purge-job"),
         Some(IppValue::Boolean(true))

@@ -572,7 +572,10 @@ pub fn printer_attributes(view: &PrinterView) -> Vec<(AttributeGroup, IppAttribu
             ["separate-documents-uncollated-copies", "separate-documents-collated-copies"],
         ),
         boolean("multiple-document-jobs-supported", true),
-        integer("multiple-operation-time-out", 900),
+        integer(
+            "multiple-operation-time-out",
+            crate::job::MULTIPLE_OPERATION_TIME_OUT_SECONDS,
+        ),
         keyword("multiple-operation-time-out-action", "process-job"),
         natural_language("natural-language-configured", "en"),
         integer("number-up-default", 1),

@@ -39,6 +39,11 @@ macro_rules! job_store_contract {
             queue_depths,
             durable_across_reopen,
             concurrent_creates,
+            ledger_estimate_and_settlement,
+            ledger_refunds,
+            quota_actions,
+            last_document_admission,
+            concurrent_quota,
         );
     };
     (@checks $backend:expr; $($check:ident),* $(,)?) => {
@@ -53,6 +58,12 @@ macro_rules! job_store_contract {
 }
 pub(crate) use job_store_contract;
 
+mod ledger;
+pub(crate) use ledger::{
+    concurrent_quota, last_document_admission, ledger_estimate_and_settlement, ledger_refunds,
+    quota_actions,
+};
+
 fn new_job(queue: &str, owner: &str) -> NewJob {
     NewJob {
         queue: queue.to_string(),
@@ -64,6 +75,7 @@ fn new_job(queue: &str, owner: &str) -> NewJob {
         ticket: JobTicket::default(),
         document: Some(inline_document(b"%PDF-1.7\n")),
         documents_complete: true,
+        admission: None,
     }
 }
 

@@ -4,19 +4,43 @@
 //! The contract every backend keeps: when `create_job` or `add_document` returns `Ok`, the
 //! row and its document survive a kill -9 or power loss. `claim_next` is one atomic step
 //! (pending to processing, recording the claimer), so two dispatchers never print one job.
+//!
+//! # Admission
+//!
+//! What admission inside the store does, in the transaction that creates the job or adds
+//! its last document, so that concurrent submissions are checked one after another:
+//!
+//! 1. for each of `admission.quotas`, sum the ledger entries (every kind) of its scope —
+//!    the entries of `user` for `Scope::User`, the entries whose `groups` contain the
+//!    group for `Scope::Group` — with `at_ms` in `[period.start, period.end)` and in the
+//!    admission's currency, into a `quota::Spent`;
+//! 2. `quota::decide(&admission.quotas, &spent, &Charge::of(&price, &usage))`;
+//! 3. `Reject`: fail with [`StoreError::QuotaExceeded`], storing nothing;
+//!    `Hold`: the job is `pending-held` with reason [`REASON_ACCOUNT_LIMIT`] (only an
+//!    operator may release it, which `apply(Release)` does, removing that reason);
+//!    `AllowAndFlag`: the estimate is flagged; `Accept`: as is;
+//! 4. insert the estimate (`Admission::estimate`).
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::accounting::ledger::{Admission, LedgerEntry, LedgerQuery};
+use crate::accounting::quota::Tripped;
 use crate::job::{Claimer, Job, JobId, JobState, NewDocument, NewJob};
 
 #[cfg(test)]
 pub(crate) mod contract;
 pub mod documents;
+pub mod object;
+pub mod postgres;
 pub mod spool;
 pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod test_servers;
 
 pub use documents::{DocumentStore, DocumentWriter, LocalDocumentStore};
+pub use object::{ObjectDocumentStore, S3Credentials, S3Settings};
+pub use postgres::{PostgresJobStore, PostgresOptions};
 pub use spool::{SpoolError, SpoolLimits, SpooledDocument, spool_document};
 pub use sqlite::SqliteJobStore;
 
@@ -43,6 +67,10 @@ pub enum StoreError {
     Document(#[from] std::io::Error),
     #[error("store: {0}")]
     Internal(String),
+    /// Admission refused the job: a quota whose action is reject would be exceeded
+    /// (IPP `client-error-account-limit-reached`). Nothing was stored.
+    #[error("quota {} exceeded for {:?}: {:?}", .0.rule, .0.scope, .0.limit)]
+    QuotaExceeded(Tripped),
 }
 
 /// Which jobs `list_jobs` returns (IPP Get-Jobs `which-jobs`).
@@ -103,6 +131,9 @@ pub enum Outcome {
 #[async_trait]
 pub trait JobStore: Send + Sync {
     /// Create a job; durable (row and inline document) when it returns.
+    ///
+    /// With `job.admission`, admission happens in the same transaction (see the module docs,
+    /// # Admission).
     async fn create_job(&self, job: NewJob) -> Result<Job, StoreError>;
     /// Send-Document: add a document and/or mark the job's documents complete.
     async fn add_document(
@@ -153,4 +184,53 @@ pub trait JobStore: Send + Sync {
     ) -> Result<Vec<String>, StoreError>;
     /// The next unused leadership epoch for `claimer_id` (standalone: one per start).
     async fn next_epoch(&self, claimer_id: &str) -> Result<i64, StoreError>;
+
+    // Ledger (see `accounting::ledger`). Entries are never changed or deleted (not even by
+    // `purge_history`). Besides these methods, the ledger is written by:
+    // - admission (`create_job` / `add_last_document` with an `Admission`): the `estimate`;
+    // - `apply(Cancel)` and `finish(Aborted)`: a `refund` (the estimate negated, with the
+    //   job's printer and the time of the change), in the same transaction as the state
+    //   change, when the job has an estimate and no closing entry yet.
+    // The defaults are for a backend without a ledger: they refuse, and the ledger checks
+    // of the contract suite fail for it.
+
+    /// `add_document(id, document, last = true)` of an accounted job: admission happens in
+    /// the same transaction (see the module docs, # Admission).
+    async fn add_last_document(
+        &self,
+        id: JobId,
+        document: Option<NewDocument>,
+        admission: Admission,
+    ) -> Result<Job, StoreError> {
+        let _ = (id, document, admission);
+        Err(no_ledger())
+    }
+
+    /// Record a job's `settlement` unless it already has a closing entry (settlement or
+    /// refund); returns whether it was recorded. Idempotent: retries and a second
+    /// dispatcher settling the same job charge it once.
+    async fn record_settlement(&self, entry: LedgerEntry) -> Result<bool, StoreError> {
+        let _ = entry;
+        Err(no_ledger())
+    }
+    /// Entries matching `query`, oldest first (by time, then job, then estimate before
+    /// settlement before refund). An estimate's `printer` is reported as the printer of the
+    /// job's settlement when it has one, so reports by printer attribute whole jobs.
+    async fn ledger(&self, query: &LedgerQuery) -> Result<Vec<LedgerEntry>, StoreError> {
+        let _ = query;
+        Err(no_ledger())
+    }
+    /// Completed jobs with an estimate and no closing entry (their settlement was not
+    /// recorded, e.g. the spooler stopped in between), at most `limit`, lowest id first.
+    async fn unsettled_jobs(&self, limit: usize) -> Result<Vec<JobId>, StoreError> {
+        let _ = limit;
+        Err(no_ledger())
+    }
 }
+
+fn no_ledger() -> StoreError {
+    StoreError::Internal("this job store keeps no ledger".into())
+}
+
+/// `job-state-reasons` of a job held by admission over a quota (PWG 5100.7).
+pub const REASON_ACCOUNT_LIMIT: &str = "account-limit-reached";

@@ -18,7 +18,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transac
 use rusqlite::{params, types::Type};
 use tokio::sync::oneshot;
 
-use super::{JobQuery, JobStore, Outcome, StoreError, UserAction, WhichJobs};
+use super::{JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs};
+use crate::accounting::ledger::{Admission, EntryKind, LedgerEntry, LedgerQuery};
+use crate::accounting::quota::QuotaDecision;
 use crate::job::{
     Claimer, DocumentBody, DocumentInfo, Job, JobId, JobState, JobTicket, NewDocument, NewJob,
 };
@@ -32,7 +34,8 @@ const REASON_COMPLETED: &str = "job-completed-successfully";
 const REASON_ABORTED: &str = "aborted-by-system";
 
 /// Schema migrations; `PRAGMA user_version` counts how many were applied.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE jobs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         queue TEXT NOT NULL,
@@ -70,7 +73,11 @@ const MIGRATIONS: &[&str] = &["
     );
     CREATE TABLE paused_queues (queue TEXT PRIMARY KEY) WITHOUT ROWID;
     CREATE TABLE epochs (claimer_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL) WITHOUT ROWID;
-"];
+",
+    ledger::MIGRATION,
+];
+
+mod ledger;
 
 /// Most requests committed by one transaction, so one batch cannot starve the next callers.
 const MAX_BATCH: usize = 1024;
@@ -131,8 +138,29 @@ impl SqliteJobStore {
     }
 
     /// Run `work` on the writer thread inside the next group-committed transaction; the
-    /// answer arrives once that transaction is durable.
+    /// answer arrives once that transaction is durable (fsynced).
     async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_with(Durability::Fsync, work).await
+    }
+
+    /// Like `write`, for the dispatcher's own bookkeeping (claims and outcomes): the
+    /// answer arrives once the transaction is in the write-ahead log, which survives the
+    /// process being killed but not a power loss. What a power loss can undo is only a
+    /// claim or an outcome, and recovery sends such a job again; acceptance never
+    /// takes this path.
+    async fn write_relaxed<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_with(Durability::ProcessCrash, work).await
+    }
+
+    async fn write_with<T, F>(&self, durability: Durability, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -140,6 +168,7 @@ impl SqliteJobStore {
         let (reply, answer) = oneshot::channel();
         let request = Box::new(Request {
             work: Some(work),
+            durability,
             result: None,
             reply,
         });
@@ -231,8 +260,19 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What a committed write must survive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// Power loss: the commit is fsynced (`synchronous=FULL`).
+    Fsync,
+    /// The process being killed: the commit is in the WAL, in the OS page cache
+    /// (`synchronous=NORMAL`).
+    ProcessCrash,
+}
+
 /// One caller's write, as the writer thread sees it.
 trait WriteRequest: Send {
+    fn durability(&self) -> Durability;
     /// Apply the request on the batch's connection (inside its savepoint); false when it
     /// failed, so its savepoint is rolled back.
     fn apply(&mut self, conn: &Connection) -> bool;
@@ -242,6 +282,7 @@ trait WriteRequest: Send {
 
 struct Request<T, F> {
     work: Option<F>,
+    durability: Durability,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
@@ -251,6 +292,10 @@ where
     T: Send,
     F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
 {
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
     fn apply(&mut self, conn: &Connection) -> bool {
         let result = match self.work.take() {
             Some(work) => work(conn),
@@ -278,10 +323,32 @@ fn run_writer(
     requests: mpsc::Receiver<Box<dyn WriteRequest>>,
     commits: &AtomicU64,
 ) {
+    let mut synchronous = Durability::Fsync;
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
         batch.extend(requests.try_iter().take(MAX_BATCH - 1));
-        let outcome = apply_batch(&mut conn, &mut batch);
+        // One request that must survive power loss makes the whole batch fsync.
+        let needed = if batch.iter().any(|r| r.durability() == Durability::Fsync) {
+            Durability::Fsync
+        } else {
+            Durability::ProcessCrash
+        };
+        if needed != synchronous {
+            let mode = match needed {
+                Durability::Fsync => "FULL",
+                Durability::ProcessCrash => "NORMAL",
+            };
+            match conn.pragma_update(None, "synchronous", mode) {
+                Ok(()) => synchronous = needed,
+                Err(error) => tracing::warn!(%error, mode, "cannot change SQLite synchronous mode"),
+            }
+        }
+        let outcome = if synchronous == needed || synchronous == Durability::Fsync {
+            apply_batch(&mut conn, &mut batch)
+        } else {
+            // Never commit a durable request without fsync.
+            Err(rusqlite::Error::InvalidQuery)
+        };
         match &outcome {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
@@ -399,9 +466,10 @@ pub(crate) fn user_transition(
             }
             Some((JobState::PendingHeld, held))
         }
-        (UserAction::Release, JobState::PendingHeld) => {
-            Some((JobState::Pending, without(reasons, REASON_HOLD)))
-        }
+        (UserAction::Release, JobState::PendingHeld) => Some((
+            JobState::Pending,
+            without(&without(reasons, REASON_HOLD), REASON_ACCOUNT_LIMIT),
+        )),
         _ => None,
     }
 }
@@ -631,7 +699,16 @@ fn insert_document(
 }
 
 fn create_job(conn: &Connection, job: &NewJob) -> Result<Job, StoreError> {
-    let (state, reasons) = initial_state(job.held, job.documents_complete);
+    let decision = job
+        .admission
+        .as_ref()
+        .map(|admission| ledger::decide(conn, admission))
+        .transpose()?;
+    let (mut state, mut reasons) = initial_state(job.held, job.documents_complete);
+    if matches!(decision, Some(QuotaDecision::Hold(_))) {
+        state = JobState::PendingHeld;
+        reasons.push(REASON_ACCOUNT_LIMIT.to_string());
+    }
     let (now_s, _) = now();
     conn.prepare_cached(
         "INSERT INTO jobs (queue, owner, name, originating_host, priority, state, reasons, \
@@ -654,7 +731,28 @@ fn create_job(conn: &Connection, job: &NewJob) -> Result<Job, StoreError> {
     if let Some(document) = &job.document {
         insert_document(conn, id, 1, document)?;
     }
+    if let (Some(admission), Some(decision)) = (&job.admission, &decision) {
+        record_estimate(conn, id, &job.queue, admission, decision)?;
+    }
     existing_job(conn, id)
+}
+
+fn record_estimate(
+    conn: &Connection,
+    id: JobId,
+    queue: &str,
+    admission: &Admission,
+    decision: &QuotaDecision,
+) -> Result<(), StoreError> {
+    let flagged = matches!(decision, QuotaDecision::AllowAndFlag(_));
+    if !ledger::insert(conn, &admission.estimate(id, queue, flagged))? {
+        return Err(StoreError::NotPossible {
+            id,
+            state: existing_job(conn, id)?.state,
+            action: "admission (the job already has an estimate)",
+        });
+    }
+    Ok(())
 }
 
 fn add_document(
@@ -662,6 +760,7 @@ fn add_document(
     id: JobId,
     document: Option<&NewDocument>,
     last: bool,
+    admission: Option<&Admission>,
 ) -> Result<Job, StoreError> {
     let job = existing_job(conn, id)?;
     if job.state.is_terminal() || job.documents_complete {
@@ -677,11 +776,20 @@ fn add_document(
         insert_document(conn, id, number, document)?;
     }
     if last {
-        conn.prepare_cached("UPDATE jobs SET documents_complete = 1, reasons = ?2 WHERE id = ?1")?
-            .execute(params![
-                id,
-                to_json(&without(&job.reasons, REASON_INCOMING))?
-            ])?;
+        let mut reasons = without(&job.reasons, REASON_INCOMING);
+        let mut state = job.state;
+        if let Some(admission) = admission {
+            let decision = ledger::decide(conn, admission)?;
+            if matches!(decision, QuotaDecision::Hold(_)) {
+                state = JobState::PendingHeld;
+                reasons.push(REASON_ACCOUNT_LIMIT.to_string());
+            }
+            record_estimate(conn, id, &job.queue, admission, &decision)?;
+        }
+        conn.prepare_cached(
+            "UPDATE jobs SET documents_complete = 1, reasons = ?2, state = ?3 WHERE id = ?1",
+        )?
+        .execute(params![id, to_json(&reasons)?, state.as_i32()])?;
     }
     existing_job(conn, id)
 }
@@ -706,7 +814,14 @@ fn apply_action(conn: &Connection, id: JobId, action: UserAction) -> Result<Job,
         to_json(&reasons)?,
         completed_at
     ])?;
+    if state == JobState::Canceled {
+        ledger::refund(conn, id, job.printer.as_deref(), now_ms())?;
+    }
     existing_job(conn, id)
+}
+
+fn now_ms() -> i64 {
+    now().1
 }
 
 fn claim_next(
@@ -782,6 +897,9 @@ fn finish(
         update.impressions,
         update.sheets,
     ])?;
+    if update.state == JobState::Aborted {
+        ledger::refund(conn, id, Some(&update.printer), now_ms())?;
+    }
     existing_job(conn, id)
 }
 
@@ -887,7 +1005,17 @@ impl JobStore for SqliteJobStore {
         document: Option<NewDocument>,
         last: bool,
     ) -> Result<Job, StoreError> {
-        self.write(move |conn| add_document(conn, id, document.as_ref(), last))
+        self.write(move |conn| add_document(conn, id, document.as_ref(), last, None))
+            .await
+    }
+
+    async fn add_last_document(
+        &self,
+        id: JobId,
+        document: Option<NewDocument>,
+        admission: Admission,
+    ) -> Result<Job, StoreError> {
+        self.write(move |conn| add_document(conn, id, document.as_ref(), true, Some(&admission)))
             .await
     }
 
@@ -931,7 +1059,7 @@ impl JobStore for SqliteJobStore {
         let queues = to_json(queues)?;
         let printer = printer.to_string();
         let claimer = claimer.clone();
-        self.write(move |conn| claim_next(conn, &queues, &printer, &claimer))
+        self.write_relaxed(move |conn| claim_next(conn, &queues, &printer, &claimer))
             .await
     }
 
@@ -942,7 +1070,7 @@ impl JobStore for SqliteJobStore {
         outcome: Outcome,
     ) -> Result<Job, StoreError> {
         let claimer = claimer.clone();
-        self.write(move |conn| finish(conn, id, &claimer, outcome))
+        self.write_relaxed(move |conn| finish(conn, id, &claimer, outcome))
             .await
     }
 
@@ -1015,6 +1143,26 @@ impl JobStore for SqliteJobStore {
         })
         .await
     }
+
+    async fn record_settlement(&self, entry: LedgerEntry) -> Result<bool, StoreError> {
+        if entry.kind != EntryKind::Settlement {
+            return Err(StoreError::Internal(format!(
+                "record_settlement given a {} entry",
+                entry.kind.keyword()
+            )));
+        }
+        self.write(move |conn| ledger::insert(conn, &entry)).await
+    }
+
+    async fn ledger(&self, query: &LedgerQuery) -> Result<Vec<LedgerEntry>, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| ledger::entries(conn, &query)).await
+    }
+
+    async fn unsettled_jobs(&self, limit: usize) -> Result<Vec<JobId>, StoreError> {
+        self.read(move |conn| ledger::unsettled(conn, JobState::Completed.as_i32(), limit))
+            .await
+    }
 }
 
 #[cfg(test)]
@@ -1064,6 +1212,7 @@ mod tests {
             ticket: JobTicket::default(),
             document: None,
             documents_complete: true,
+            admission: None,
         }
     }
 
@@ -1100,6 +1249,7 @@ mod tests {
         };
         let request = Request {
             work: Some(work),
+            durability: Durability::Fsync,
             result: None,
             reply,
         };

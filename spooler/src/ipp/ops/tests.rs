@@ -87,6 +87,7 @@ fn harness() -> Harness {
             inline_document_bytes: 16,
             idle_timeout: Duration::from_secs(5),
             tls: false,
+            shard: None,
         },
         config,
         store: Arc::new(store),

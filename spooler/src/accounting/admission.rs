@@ -1,0 +1,319 @@
+//! Admission glue: a queue's parsed policy, billing codes, page counts of submitted
+//! documents, and the [`Admission`] the store checks and records atomically.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+
+use jiff::Timestamp;
+use printfleet_crds::AccountingPolicySpec;
+use printfleet_crds::policy::{BillingCodes, PrivacyMode};
+
+use super::ledger::Admission;
+use super::pages::{self, PageCountError};
+use super::pricing::{PolicyError, PriceList};
+use super::quota::QuotaRules;
+use super::usage::{self, Usage};
+use crate::config::Config;
+use crate::job::JobTicket;
+
+/// Pages assumed for a document whose pages cannot be counted (unknown format, malformed,
+/// or held by a document store with no local file). The estimate is only for admission:
+/// the printer's `job-impressions-completed` settles the job, and when the printer reports
+/// nothing either, this estimate is what the job costs — never zero.
+pub const UNCOUNTABLE_DOCUMENT_PAGES: u32 = 1;
+
+/// An `AccountingPolicy`, parsed.
+#[derive(Debug)]
+pub struct Policy {
+    pub prices: PriceList,
+    pub quotas: QuotaRules,
+    pub billing_codes: BillingCodes,
+    pub privacy: PrivacyMode,
+}
+
+impl Policy {
+    pub fn parse(spec: &AccountingPolicySpec) -> Result<Policy, PolicyError> {
+        Ok(Policy {
+            prices: PriceList::from_policy(spec)?,
+            quotas: QuotaRules::from_policy(spec)?,
+            billing_codes: spec.billing_codes.clone(),
+            privacy: spec.privacy,
+        })
+    }
+}
+
+/// Parsed policies by name, with the spec each was parsed from.
+type PolicyCache = HashMap<String, (AccountingPolicySpec, Arc<Policy>)>;
+
+/// Re-parsed only when the spec changes (configuration reloads).
+static POLICIES: LazyLock<Mutex<PolicyCache>> = LazyLock::new(Default::default);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the map consistent, even if it panicked.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The parsed policy of `queue`; `None` when the queue has none (or does not exist).
+pub fn policy_of_queue(config: &Config, queue: &str) -> Result<Option<Arc<Policy>>, PolicyError> {
+    let Some(name) = config
+        .queues
+        .get(queue)
+        .and_then(|queue| queue.accounting_policy.as_ref())
+    else {
+        return Ok(None);
+    };
+    let Some(spec) = config.policies.get(name) else {
+        return Ok(None);
+    };
+    let mut policies = lock(&POLICIES);
+    if let Some((cached, policy)) = policies.get(name)
+        && cached == spec
+    {
+        return Ok(Some(policy.clone()));
+    }
+    let policy = Arc::new(Policy::parse(spec)?);
+    policies.insert(name.clone(), (spec.clone(), policy.clone()));
+    Ok(Some(policy))
+}
+
+/// The privacy mode of `queue`'s policy; a queue without one gets the CRD's default.
+pub fn privacy_of_queue(config: &Config, queue: &str) -> PrivacyMode {
+    match policy_of_queue(config, queue) {
+        Ok(Some(policy)) => policy.privacy,
+        _ => PrivacyMode::default(),
+    }
+}
+
+/// Salts by state directory, read or made once per process.
+static SALTS: LazyLock<Mutex<HashMap<PathBuf, Arc<Vec<u8>>>>> = LazyLock::new(Default::default);
+
+/// The installation's salt for hashed user labels (`privacy::load_or_create_salt`).
+pub fn installation_salt(state_dir: &Path) -> std::io::Result<Arc<Vec<u8>>> {
+    let mut salts = lock(&SALTS);
+    if let Some(salt) = salts.get(state_dir) {
+        return Ok(salt.clone());
+    }
+    let salt = Arc::new(super::privacy::load_or_create_salt(state_dir)?);
+    salts.insert(state_dir.to_path_buf(), salt.clone());
+    Ok(salt)
+}
+
+/// Why a job's billing code is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BillingCodeError {
+    /// `client-error-account-info-needed`.
+    #[error("this queue requires a billing code (job-account-id)")]
+    Missing,
+    /// `client-error-account-authorization-failed`.
+    #[error("billing code {0:?} is not allowed on this queue")]
+    NotAllowed(String),
+}
+
+/// Checks a job's `job-account-id` against the policy: required when `required`, and one of
+/// `allowed` when that list is not empty.
+pub fn check_billing_code(
+    codes: &BillingCodes,
+    account: Option<&str>,
+) -> Result<(), BillingCodeError> {
+    match account {
+        None if codes.required => Err(BillingCodeError::Missing),
+        Some(code) if !codes.allowed.is_empty() && !codes.allowed.iter().any(|a| a == code) => {
+            Err(BillingCodeError::NotAllowed(code.to_owned()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Where a document's bytes can be read for counting.
+pub enum DocumentBytes<'a> {
+    Memory(&'a [u8]),
+    File(PathBuf),
+    /// Not reachable from here (e.g. in object storage).
+    Unreachable,
+}
+
+/// The pages of one document, or [`UNCOUNTABLE_DOCUMENT_PAGES`] when they cannot be counted.
+/// Reads files: call it off the async threads for stored documents.
+pub fn document_pages(format: &str, bytes: DocumentBytes<'_>) -> u32 {
+    let counted = match bytes {
+        DocumentBytes::Memory(data) => pages::count_pages(format, data),
+        DocumentBytes::File(path) => pages::count_pages_in_file(format, &path),
+        DocumentBytes::Unreachable => Err(PageCountError::UnsupportedFormat {
+            format: format.to_owned(),
+        }),
+    };
+    match counted {
+        Ok(pages) => pages,
+        Err(error) => {
+            tracing::info!(%error, format, "pages not counted; estimating {UNCOUNTABLE_DOCUMENT_PAGES} until the printer reports");
+            UNCOUNTABLE_DOCUMENT_PAGES
+        }
+    }
+}
+
+/// The usage of a job of documents with `pages` pages each, printed with `ticket`.
+pub fn job_usage(pages: &[u32], ticket: &JobTicket) -> Usage {
+    let color = usage::is_color(ticket.print_color_mode.as_deref());
+    pages.iter().fold(
+        Usage {
+            color,
+            ..Usage::default()
+        },
+        |total, pages| total + usage::impressions(*pages, ticket),
+    )
+}
+
+/// The admission of a job of `user` (in `groups`) with `usage` on a queue with `policy`
+/// (`None`: counted at zero in `XXX`, without quotas), at `at`.
+pub fn admission(
+    policy: Option<&Policy>,
+    user: &str,
+    groups: &[String],
+    ticket: &JobTicket,
+    usage: Usage,
+    at: Timestamp,
+) -> Admission {
+    let free = PriceList::free();
+    let prices = policy.map_or(&free, |policy| &policy.prices);
+    Admission {
+        at_ms: at.as_millisecond(),
+        user: user.to_owned(),
+        groups: groups.to_vec(),
+        account: ticket.job_account_id.clone(),
+        price: prices.price(&usage, ticket.media.as_deref()),
+        usage,
+        quotas: policy.map_or_else(Vec::new, |policy| {
+            policy.quotas.applicable(user, groups, at)
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use printfleet_crds::PrintQueueSpec;
+    use printfleet_crds::policy::{Prices, Quota, QuotaPeriod};
+
+    fn policy_spec(mono: &str) -> AccountingPolicySpec {
+        AccountingPolicySpec {
+            currency: "EUR".into(),
+            prices: Prices {
+                mono_impression: Some(mono.into()),
+                per_job: Some("0.10".into()),
+                ..Default::default()
+            },
+            quotas: vec![Quota {
+                all_users: true,
+                period: QuotaPeriod::Day,
+                max_amount: Some("1.00".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn config(mono: &str) -> Config {
+        let mut config = Config::default();
+        config.policies.insert("p".into(), policy_spec(mono));
+        config.queues.insert(
+            "office".into(),
+            PrintQueueSpec {
+                accounting_policy: Some("p".into()),
+                ..Default::default()
+            },
+        );
+        config
+            .queues
+            .insert("free".into(), PrintQueueSpec::default());
+        config
+    }
+
+    #[test]
+    fn billing_codes() {
+        let required = BillingCodes {
+            required: true,
+            allowed: vec!["p-1".into()],
+        };
+        assert_eq!(
+            check_billing_code(&required, None),
+            Err(BillingCodeError::Missing)
+        );
+        assert_eq!(
+            check_billing_code(&required, Some("p-2")),
+            Err(BillingCodeError::NotAllowed("p-2".into()))
+        );
+        assert_eq!(check_billing_code(&required, Some("p-1")), Ok(()));
+        let open = BillingCodes::default();
+        assert_eq!(check_billing_code(&open, None), Ok(()));
+        assert_eq!(check_billing_code(&open, Some("anything")), Ok(()));
+    }
+
+    #[test]
+    fn policies_are_reparsed_when_they_change() {
+        let cheap = policy_of_queue(&config("0.05"), "office")
+            .expect("valid")
+            .expect("policy");
+        let dear = policy_of_queue(&config("0.50"), "office")
+            .expect("valid")
+            .expect("policy");
+        let one_page = Usage {
+            impressions: 1,
+            sheets: 1,
+            color: false,
+            two_sided: false,
+        };
+        assert_eq!(cheap.prices.price(&one_page, None).minor, 15);
+        assert_eq!(dear.prices.price(&one_page, None).minor, 60);
+        assert!(
+            policy_of_queue(&config("0.05"), "free")
+                .expect("valid")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn uncountable_documents_are_never_free() {
+        assert_eq!(
+            document_pages("image/jpeg", DocumentBytes::Memory(b"\xff\xd8")),
+            UNCOUNTABLE_DOCUMENT_PAGES
+        );
+        assert_eq!(
+            document_pages("application/pdf", DocumentBytes::Unreachable),
+            UNCOUNTABLE_DOCUMENT_PAGES
+        );
+        assert_eq!(
+            document_pages(
+                "application/pdf",
+                DocumentBytes::File(PathBuf::from("/nonexistent/document"))
+            ),
+            UNCOUNTABLE_DOCUMENT_PAGES
+        );
+        assert_eq!(
+            document_pages("text/plain", DocumentBytes::Memory(b"one\ntwo\n")),
+            1
+        );
+    }
+
+    #[test]
+    fn admissions_price_and_find_quotas() {
+        let ticket = JobTicket {
+            copies: Some(2),
+            print_color_mode: Some("monochrome".into()),
+            job_account_id: Some("p-1".into()),
+            ..Default::default()
+        };
+        let usage = job_usage(&[3, 2], &ticket);
+        assert_eq!((usage.impressions, usage.sheets), (10, 10));
+        let policy = Policy::parse(&policy_spec("0.05")).expect("valid");
+        let at: Timestamp = "2025-06-01T12:00:00Z".parse().expect("time");
+        let admitted = admission(Some(&policy), "alice", &[], &ticket, usage, at);
+        assert_eq!(admitted.price.minor, 60);
+        assert_eq!(admitted.account.as_deref(), Some("p-1"));
+        assert_eq!(admitted.quotas.len(), 1);
+        assert_eq!(admitted.at_ms, at.as_millisecond());
+        let free = admission(None, "alice", &[], &ticket, usage, at);
+        assert_eq!((free.price.minor, free.price.currency.as_str()), (0, "XXX"));
+        assert!(free.quotas.is_empty());
+    }
+}

@@ -1,0 +1,110 @@
+//! Settlement of completed jobs, called by the dispatcher: the printer's counts priced,
+//! recorded once in the ledger, and counted in the metrics.
+
+use crate::app::App;
+use crate::job::{Job, JobId, JobState};
+use crate::store::StoreError;
+
+use super::admission::{installation_salt, policy_of_queue, privacy_of_queue};
+use super::ledger::{self, EntryKind, LedgerEntry, LedgerQuery};
+use super::pricing::PriceList;
+use super::privacy::user_label;
+
+/// Jobs settled per sweep query.
+const SWEEP_BATCH: usize = 256;
+
+/// Records the settlement of a completed job (nothing when it has no estimate or is already
+/// closed) and counts its final usage and cost in the metrics when this call recorded it.
+pub async fn settle(app: &App, job: &Job) -> Result<(), StoreError> {
+    if job.state != JobState::Completed {
+        return Ok(());
+    }
+    let entries = app
+        .store
+        .ledger(&LedgerQuery {
+            job: Some(job.id),
+            ..LedgerQuery::default()
+        })
+        .await?;
+    let Some(estimate) = entries.iter().find(|e| e.kind == EntryKind::Estimate) else {
+        return Ok(());
+    };
+    let config = app.config();
+    let prices = match policy_of_queue(&config, &job.queue) {
+        Ok(Some(policy)) => policy.prices.clone(),
+        Ok(None) => PriceList::free(),
+        Err(error) => {
+            // The configuration was validated when loaded; keep the estimate rather than
+            // guess a price.
+            tracing::error!(%error, job = job.id, "the queue's policy cannot be parsed");
+            PriceList::free()
+        }
+    };
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let settlement = ledger::settlement(estimate, job, &prices, now_ms);
+    if app.store.record_settlement(settlement.clone()).await? {
+        count(app, estimate, &settlement);
+    }
+    Ok(())
+}
+
+/// Settles every completed job whose settlement was never recorded (the spooler stopped
+/// between the job's completion and its settlement). Safe to run anywhere, any number of
+/// times: the store records one closing entry per job.
+pub async fn settle_unsettled(app: &App) -> Result<usize, StoreError> {
+    let mut settled = 0;
+    let mut last_seen: Option<JobId> = None;
+    loop {
+        let ids = app.store.unsettled_jobs(SWEEP_BATCH).await?;
+        // A job that cannot be settled (purged meanwhile) would come back forever.
+        let fresh: Vec<JobId> = ids
+            .into_iter()
+            .filter(|id| last_seen.is_none_or(|last| *id > last))
+            .collect();
+        let Some(&highest) = fresh.last() else {
+            return Ok(settled);
+        };
+        for id in fresh {
+            if let Some(job) = app.store.job(id).await? {
+                settle(app, &job).await?;
+                settled += 1;
+            }
+        }
+        last_seen = Some(highest);
+    }
+}
+
+/// Counts a completed job's final usage and cost (estimate plus settlement).
+fn count(app: &App, estimate: &LedgerEntry, settlement: &LedgerEntry) {
+    let config = app.config();
+    let privacy = privacy_of_queue(&config, &estimate.queue);
+    let label = match installation_salt(&app.settings.state_dir) {
+        Ok(salt) => user_label(privacy, &salt, &estimate.user),
+        Err(error) => {
+            // Never export a name that should have been hashed.
+            tracing::error!(%error, "the installation salt cannot be read; user label omitted");
+            None
+        }
+    };
+    let metrics = &app.metrics;
+    let user = metrics.user_label(label);
+    let printer = settlement.printer.as_deref().unwrap_or("");
+    let color = if estimate.color { "color" } else { "mono" };
+    let total = |a: i64, b: i64| u64::try_from(a.saturating_add(b)).unwrap_or(0);
+    metrics
+        .impressions
+        .with_label_values(&[estimate.queue.as_str(), printer, user.as_str(), color])
+        .inc_by(total(estimate.impressions, settlement.impressions));
+    metrics
+        .sheets
+        .with_label_values(&[estimate.queue.as_str(), printer, user.as_str(), color])
+        .inc_by(total(estimate.sheets, settlement.sheets));
+    metrics
+        .cost
+        .with_label_values(&[
+            estimate.queue.as_str(),
+            user.as_str(),
+            estimate.currency.as_str(),
+        ])
+        .inc_by(total(estimate.amount, settlement.amount));
+}

@@ -1,0 +1,452 @@
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use tokio::sync::Mutex;
+
+use super::*;
+use crate::store::contract::{Backend, job_store_contract};
+use crate::store::test_servers::free_port;
+use crate::store::test_servers::postgres::PostgresServer;
+
+/// A database of its own on the PostgreSQL server shared by this process's tests.
+struct PostgresBackend {
+    _server: Arc<PostgresServer>,
+    dsn: String,
+}
+
+impl PostgresBackend {
+    async fn new() -> Self {
+        let server = tokio::task::spawn_blocking(PostgresServer::shared)
+            .await
+            .expect("server task")
+            .expect("start PostgreSQL");
+        let dsn = server.create_database().await.expect("create a database");
+        PostgresBackend {
+            _server: server,
+            dsn,
+        }
+    }
+
+    async fn connect(&self) -> PostgresJobStore {
+        PostgresJobStore::connect(&self.dsn)
+            .await
+            .expect("connect to PostgreSQL")
+    }
+}
+
+#[async_trait]
+impl Backend for PostgresBackend {
+    async fn open(&self) -> Arc<dyn JobStore> {
+        Arc::new(self.connect().await)
+    }
+}
+
+job_store_contract!(PostgresBackend::new().await);
+
+fn new_job(queue: &str, owner: &str) -> NewJob {
+    NewJob {
+        queue: queue.into(),
+        owner: owner.into(),
+        name: "job".into(),
+        originating_host: None,
+        priority: 50,
+        held: false,
+        ticket: JobTicket::default(),
+        document: None,
+        documents_complete: true,
+        admission: None,
+    }
+}
+
+async fn raw_client(dsn: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(dsn, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_starting_together_migrate_once() {
+    let backend = PostgresBackend::new().await;
+    let starts = (0..4).map(|_| PostgresJobStore::connect(&backend.dsn));
+    for store in futures_util::future::join_all(starts).await {
+        store.expect("every pod starts");
+    }
+    let client = raw_client(&backend.dsn).await;
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .expect("versions")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(versions, (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>());
+
+    client
+        .execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (99, 0)",
+            &[],
+        )
+        .await
+        .expect("a newer version");
+    match PostgresJobStore::connect(&backend.dsn).await {
+        Err(StoreError::Internal(message)) => assert!(message.contains("newer"), "{message}"),
+        Err(other) => panic!("expected a schema error, got {other:?}"),
+        Ok(_) => panic!("a newer schema must be refused"),
+    }
+}
+
+#[test]
+fn migrations_still_to_apply() {
+    let all = pending_migrations(0).expect("fresh database");
+    assert_eq!(all.len(), MIGRATIONS.len());
+    assert_eq!(all[0].0, 1);
+    assert!(
+        pending_migrations(MIGRATIONS.len() as i32)
+            .expect("up to date")
+            .is_empty()
+    );
+    assert!(matches!(
+        pending_migrations(MIGRATIONS.len() as i32 + 1),
+        Err(StoreError::Internal(_))
+    ));
+    assert!(matches!(
+        pending_migrations(-1),
+        Err(StoreError::Internal(_))
+    ));
+}
+
+#[test]
+fn retryable_sqlstates() {
+    for code in [
+        SqlState::CONNECTION_FAILURE,
+        SqlState::CONNECTION_EXCEPTION,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::QUERY_CANCELED,
+    ] {
+        assert!(retryable_code(&code), "{code:?} is retryable");
+    }
+    for code in [
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::SYNTAX_ERROR,
+        SqlState::INVALID_PASSWORD,
+        SqlState::UNDEFINED_TABLE,
+    ] {
+        assert!(!retryable_code(&code), "{code:?} is not retryable");
+    }
+}
+
+/// Three pods, each with several dispatchers, against one database: every job is
+/// claimed by exactly one of them, and only its claimer may finish it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_claim_each_job_once() {
+    const JOBS: usize = 150;
+    let backend = PostgresBackend::new().await;
+    let mut pods = Vec::new();
+    for _ in 0..3 {
+        pods.push(Arc::new(backend.connect().await));
+    }
+    let creates = (0..JOBS).map(|n| pods[n % 3].create_job(new_job("office", "alice")));
+    let created: HashSet<JobId> = futures_util::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|job| job.expect("create").id)
+        .collect();
+    let dispatchers = (0..9).map(|n| {
+        let pod = pods[n % 3].clone();
+        tokio::spawn(async move {
+            let me = Claimer {
+                id: format!("pod-{}", n % 3),
+                epoch: n as i64,
+            };
+            let mut claimed = Vec::new();
+            while let Some(job) = pod
+                .claim_next(&["office".to_string()], "p1", &me)
+                .await
+                .expect("claim")
+            {
+                claimed.push((job.id, me.clone()));
+            }
+            claimed
+        })
+    });
+    let mut claims = Vec::new();
+    for dispatcher in futures_util::future::join_all(dispatchers).await {
+        claims.extend(dispatcher.expect("dispatcher"));
+    }
+    assert_eq!(claims.len(), JOBS, "each job claimed once");
+    let claimed: HashSet<JobId> = claims.iter().map(|(id, _)| *id).collect();
+    assert_eq!(claimed, created);
+
+    let done = || Outcome::Completed {
+        printer: "p1".into(),
+        impressions: Some(1),
+        sheets: Some(1),
+    };
+    for (n, (id, claimer)) in claims.iter().enumerate() {
+        let intruder = Claimer {
+            id: claimer.id.clone(),
+            epoch: claimer.epoch + 100,
+        };
+        let pod = &pods[n % 3];
+        assert!(matches!(
+            pod.finish(*id, &intruder, done()).await,
+            Err(StoreError::Fenced(fenced)) if fenced == *id
+        ));
+        let job = pod.finish(*id, claimer, done()).await.expect("finish");
+        assert_eq!(job.state, JobState::Completed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn epochs_are_unique_across_pods() {
+    const EPOCHS: i64 = 60;
+    let backend = PostgresBackend::new().await;
+    let mut pods = Vec::new();
+    for _ in 0..3 {
+        pods.push(Arc::new(backend.connect().await));
+    }
+    let epochs = (0..EPOCHS).map(|n| {
+        let pod = pods[n as usize % 3].clone();
+        tokio::spawn(async move { pod.next_epoch("shard-0").await })
+    });
+    let mut seen = HashSet::new();
+    for epoch in futures_util::future::join_all(epochs).await {
+        assert!(seen.insert(epoch.expect("task").expect("epoch")));
+    }
+    assert_eq!(seen, (1..=EPOCHS).collect::<HashSet<_>>());
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable() {
+    let port = free_port().expect("free port");
+    let started = Instant::now();
+    let result = PostgresJobStore::connect_with(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=none"),
+        PostgresOptions {
+            operation_timeout: Duration::from_secs(3),
+            ..PostgresOptions::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        result.err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(matches!(
+        PostgresJobStore::connect("host=127.0.0.1 port=notaport").await,
+        Err(StoreError::Internal(message)) if message.contains("DSN")
+    ));
+}
+
+/// What a client submitting without pause saw.
+#[derive(Default)]
+struct Submissions {
+    acknowledged: Vec<JobId>,
+    unavailable: usize,
+    other_errors: Vec<String>,
+}
+
+/// PostgreSQL crashing and coming back while jobs are submitted: submissions fail with
+/// `Unavailable` while it is down and succeed again once it is back, through the same
+/// store; every acknowledged job is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_is_unavailable_meanwhile_and_loses_nothing() {
+    let server = tokio::task::spawn_blocking(PostgresServer::start)
+        .await
+        .expect("server task")
+        .expect("start PostgreSQL");
+    let server = Arc::new(server);
+    let dsn = server.create_database().await.expect("database");
+    let options = PostgresOptions {
+        operation_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(1),
+        ..PostgresOptions::default()
+    };
+    let store = Arc::new(
+        PostgresJobStore::connect_with(&dsn, options.clone())
+            .await
+            .expect("connect"),
+    );
+    let seen = Arc::new(Mutex::new(Submissions::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let submitters: Vec<_> = (0..4)
+        .map(|n| {
+            let (store, seen, stop) = (store.clone(), seen.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let result = store.create_job(new_job("office", &format!("u{n}"))).await;
+                    let mut seen = seen.lock().await;
+                    match result {
+                        Ok(job) => seen.acknowledged.push(job.id),
+                        Err(StoreError::Unavailable(_)) => seen.unavailable += 1,
+                        Err(other) => seen.other_errors.push(other.to_string()),
+                    }
+                    drop(seen);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    let wait_for = |what: &'static str, done: Box<dyn Fn(&Submissions) -> bool + Send>| {
+        let seen = seen.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !done(&*seen.lock().await) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    wait_for("acknowledgements", Box::new(|s| s.acknowledged.len() >= 20)).await;
+    let crashing = server.clone();
+    tokio::task::spawn_blocking(move || crashing.crash())
+        .await
+        .expect("crash task")
+        .expect("crash PostgreSQL");
+    let acknowledged_before = seen.lock().await.acknowledged.len();
+    wait_for("refusals", Box::new(|s| s.unavailable >= 8)).await;
+    let while_down = seen.lock().await.acknowledged.len();
+    assert!(
+        while_down <= acknowledged_before + 4,
+        "at most the submissions in flight at the crash are acknowledged after it"
+    );
+
+    let resuming = server.clone();
+    tokio::task::spawn_blocking(move || resuming.resume())
+        .await
+        .expect("resume task")
+        .expect("restart PostgreSQL");
+    let resumed_at = Instant::now();
+    wait_for(
+        "acknowledgements after the restart",
+        Box::new(move |s| s.acknowledged.len() >= while_down + 20),
+    )
+    .await;
+    assert!(
+        resumed_at.elapsed() < Duration::from_secs(15),
+        "submissions resume soon after PostgreSQL is back"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for submitter in submitters {
+        submitter.await.expect("submitter");
+    }
+
+    let seen = seen.lock().await;
+    assert!(
+        seen.other_errors.is_empty(),
+        "only Unavailable while PostgreSQL is away: {:?}",
+        seen.other_errors
+    );
+    let reopened = PostgresJobStore::connect_with(&dsn, options)
+        .await
+        .expect("reconnect");
+    let stored: HashSet<JobId> = reopened
+        .list_jobs(&JobQuery {
+            which: WhichJobs::All,
+            ..JobQuery::default()
+        })
+        .await
+        .expect("list")
+        .iter()
+        .map(|job| job.id)
+        .collect();
+    let lost: Vec<&JobId> = seen
+        .acknowledged
+        .iter()
+        .filter(|id| !stored.contains(id))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged jobs lost: {lost:?}");
+}
+
+/// A group quota checked by three pods at once, for users of the group who also have
+/// quotas of their own: exactly the group's limit is admitted, whichever pod admits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_quota_is_exact_across_pods() {
+    use crate::accounting::ledger::{Admission, LedgerQuery};
+    use crate::accounting::pricing::Money;
+    use crate::accounting::quota::{ApplicableQuota, Period, Scope};
+    use crate::accounting::usage::Usage;
+    use printfleet_crds::policy::QuotaAction;
+
+    const SUBMISSIONS: usize = 60;
+    const GROUP_LIMIT: i64 = 200;
+    let backend = PostgresBackend::new().await;
+    let mut pods = Vec::new();
+    for _ in 0..3 {
+        pods.push(Arc::new(backend.connect().await));
+    }
+    let now = jiff::Timestamp::now();
+    let period = Period {
+        start: now - jiff::SignedDuration::from_hours(1),
+        end: now + jiff::SignedDuration::from_hours(1),
+    };
+    let quota = |scope, max_amount| ApplicableQuota {
+        rule: 0,
+        scope,
+        period,
+        max_amount: Some(max_amount),
+        max_impressions: None,
+        action: QuotaAction::Reject,
+    };
+    let submissions = (0..SUBMISSIONS).map(|n| {
+        let pod = pods[n % 3].clone();
+        let user = format!("user-{}", n % 6);
+        let admission = Admission {
+            at_ms: now.as_millisecond(),
+            user: user.clone(),
+            groups: vec!["staff".into(), format!("team-{}", n % 2)],
+            account: None,
+            usage: Usage {
+                impressions: 1,
+                sheets: 1,
+                color: false,
+                two_sided: false,
+            },
+            price: Money {
+                minor: 10,
+                currency: "EUR".into(),
+            },
+            quotas: vec![
+                quota(Scope::User(user.clone()), 1_000),
+                quota(Scope::Group("staff".into()), GROUP_LIMIT),
+            ],
+        };
+        let job = NewJob {
+            admission: Some(admission),
+            ..new_job("office", &user)
+        };
+        tokio::spawn(async move { pod.create_job(job).await })
+    });
+    let (mut accepted, mut rejected) = (0, 0);
+    for result in futures_util::future::join_all(submissions).await {
+        match result.expect("task") {
+            Ok(_) => accepted += 1,
+            Err(StoreError::QuotaExceeded(_)) => rejected += 1,
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert_eq!((accepted, rejected), (20, 40));
+    let entries = pods[0]
+        .ledger(&LedgerQuery::default())
+        .await
+        .expect("ledger");
+    assert_eq!(entries.len(), 20);
+    assert_eq!(
+        entries.iter().map(|entry| entry.amount).sum::<i64>(),
+        GROUP_LIMIT
+    );
+}
