@@ -103,6 +103,8 @@ pub struct SqliteJobStore {
     /// `None` only while dropping, so the writer thread sees the channel close.
     writer: Option<mpsc::Sender<Box<dyn WriteRequest>>>,
     writer_thread: Option<JoinHandle<()>>,
+    /// Dropping it stops the checkpoint thread.
+    checkpointer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     readers: Arc<ReadPool>,
     commits: Arc<AtomicU64>,
 }
@@ -116,6 +118,7 @@ impl SqliteJobStore {
         let (writer, requests) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
         let writer_commits = commits.clone();
+        let checkpointer = start_checkpointer(path)?;
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || run_writer(conn, requests, &writer_commits))
@@ -123,6 +126,7 @@ impl SqliteJobStore {
         Ok(SqliteJobStore {
             writer: Some(writer),
             writer_thread: Some(writer_thread),
+            checkpointer: Some(checkpointer),
             readers: Arc::new(ReadPool {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
@@ -204,7 +208,41 @@ impl Drop for SqliteJobStore {
         {
             tracing::error!("the SQLite writer thread panicked");
         }
+        if let Some((stop, thread)) = self.checkpointer.take() {
+            drop(stop);
+            if thread.join().is_err() {
+                tracing::error!("the SQLite checkpoint thread panicked");
+            }
+        }
     }
+}
+
+/// How often the checkpoint thread copies the write-ahead log into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Checkpoints run on their own connection and thread (the writer's automatic checkpoint
+/// is off), so copying the log into the database never stalls a commit that clients or
+/// printers are waiting for.
+fn start_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_INTERVAL)
+            {
+                // PASSIVE never blocks the writer or readers; what it cannot copy now it
+                // copies next time.
+                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(%error, "SQLite checkpoint failed");
+                }
+            }
+        })
+        .map_err(|e| StoreError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
+    Ok((stop, thread))
 }
 
 fn writer_stopped() -> StoreError {
@@ -237,6 +275,9 @@ fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // The checkpoint thread copies the log; after a checkpoint the log file is cut back.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     Ok(())
 }
 
@@ -325,39 +366,56 @@ fn run_writer(
 ) {
     let mut synchronous = Durability::Fsync;
     while let Ok(first) = requests.recv() {
-        let mut batch = vec![first];
-        batch.extend(requests.try_iter().take(MAX_BATCH - 1));
-        // One request that must survive power loss makes the whole batch fsync.
-        let needed = if batch.iter().any(|r| r.durability() == Durability::Fsync) {
-            Durability::Fsync
-        } else {
-            Durability::ProcessCrash
-        };
-        if needed != synchronous {
-            let mode = match needed {
-                Durability::Fsync => "FULL",
-                Durability::ProcessCrash => "NORMAL",
-            };
-            match conn.pragma_update(None, "synchronous", mode) {
-                Ok(()) => synchronous = needed,
-                Err(error) => tracing::warn!(%error, mode, "cannot change SQLite synchronous mode"),
+        let mut waiting = vec![first];
+        waiting.extend(requests.try_iter().take(MAX_BATCH - 1));
+        // The dispatcher's bookkeeping commits first, in its own transaction without
+        // fsync, so a printer is not kept waiting behind a large group commit of submissions.
+        let (relaxed, durable): (Vec<_>, Vec<_>) = waiting
+            .into_iter()
+            .partition(|request| request.durability() == Durability::ProcessCrash);
+        for (durability, batch) in [
+            (Durability::ProcessCrash, relaxed),
+            (Durability::Fsync, durable),
+        ] {
+            if !batch.is_empty() {
+                commit_batch(&mut conn, &mut synchronous, durability, batch, commits);
             }
         }
-        let outcome = if synchronous == needed || synchronous == Durability::Fsync {
-            apply_batch(&mut conn, &mut batch)
-        } else {
-            // Never commit a durable request without fsync.
-            Err(rusqlite::Error::InvalidQuery)
+    }
+}
+
+/// Commit one batch with the durability its requests need, then answer each of them.
+fn commit_batch(
+    conn: &mut Connection,
+    synchronous: &mut Durability,
+    durability: Durability,
+    mut batch: Vec<Box<dyn WriteRequest>>,
+    commits: &AtomicU64,
+) {
+    if durability != *synchronous {
+        let mode = match durability {
+            Durability::Fsync => "FULL",
+            Durability::ProcessCrash => "NORMAL",
         };
-        match &outcome {
-            Ok(()) => {
-                commits.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(error) => tracing::warn!(%error, requests = batch.len(), "SQLite batch failed"),
+        match conn.pragma_update(None, "synchronous", mode) {
+            Ok(()) => *synchronous = durability,
+            Err(error) => tracing::warn!(%error, mode, "cannot change SQLite synchronous mode"),
         }
-        for request in batch {
-            request.answer(outcome.as_ref().copied());
+    }
+    // Staying at FULL is only slower; a durable request is never committed without fsync.
+    let outcome = if *synchronous == durability || *synchronous == Durability::Fsync {
+        apply_batch(conn, &mut batch)
+    } else {
+        Err(rusqlite::Error::InvalidQuery)
+    };
+    match &outcome {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
         }
+        Err(error) => tracing::warn!(%error, requests = batch.len(), "SQLite batch failed"),
+    }
+    for request in batch {
+        request.answer(outcome.as_ref().copied());
     }
 }
 
@@ -1233,6 +1291,54 @@ mod tests {
             commits < 250,
             "500 creates took {commits} commits: not grouped"
         );
+    }
+
+    #[tokio::test]
+    async fn the_checkpoint_thread_moves_the_log_into_the_database() {
+        let backend = SqliteBackend::new();
+        let path = backend.path();
+        let store = SqliteJobStore::open(&path).expect("open");
+        let empty = std::fs::metadata(&path).expect("database file").len();
+        for n in 0..50 {
+            store
+                .create_job(new_job(&format!("u{n}")))
+                .await
+                .expect("create");
+        }
+        // The writer never checkpoints itself; only the checkpoint thread can grow the file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&path).expect("database file").len() == empty {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn relaxed_and_durable_requests_commit_separately_and_both_answer() {
+        let backend = SqliteBackend::new();
+        let store = SqliteJobStore::open(&backend.path()).expect("open");
+        let job = store.create_job(new_job("alice")).await.expect("create");
+        let claimer = Claimer {
+            id: "test".into(),
+            epoch: 1,
+        };
+        let queues = vec![job.queue.clone()];
+        let (claimed, created) = tokio::join!(
+            store.claim_next(&queues, "printer", &claimer),
+            store.create_job(new_job("bob")),
+        );
+        assert_eq!(claimed.expect("claim").map(|j| j.id), Some(job.id));
+        let created = created.expect("create");
+        drop(store);
+        let reopened = SqliteJobStore::open(&backend.path()).expect("reopen");
+        assert_eq!(
+            reopened.job(job.id).await.expect("read").map(|j| j.state),
+            Some(JobState::Processing)
+        );
+        assert!(reopened.job(created.id).await.expect("read").is_some());
     }
 
     type Answer = oneshot::Receiver<Result<(), StoreError>>;
