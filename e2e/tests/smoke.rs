@@ -25,6 +25,9 @@ fn standalone_example_prints_to_its_directory() {
     let mut spooler = Spooler::start(&config).unwrap();
     assert_eq!(http_get_status(spooler.port(), "/healthz"), Some(200));
     assert_eq!(http_get_status(spooler.port(), "/metrics"), Some(200));
+    // The icon `printer-icons` advertises (IPP Everywhere clients show it).
+    assert_eq!(http_get_status(spooler.port(), "/icons/demo.png"), Some(200));
+    assert_eq!(http_get_status(spooler.port(), "/icons/no-such-queue.png"), Some(404));
 
     let document = printfleet_e2e::documents::pdf("smoke test", 3000);
     let input_dir = tempfile::tempdir().unwrap();

@@ -26,6 +26,8 @@ use crate::accounting;
 use crate::app::App;
 use crate::ipp;
 
+mod icon;
+
 /// How long in-flight requests may take to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -175,6 +177,7 @@ async fn route(
             response
         }
         (&Method::GET, "/") => text(StatusCode::OK, overview(&app, &request)),
+        (&Method::GET, icon) if icon.starts_with("/icons/") => queue_icon(&app, icon),
         (&Method::GET, reports) if reports.starts_with(accounting::report::HTTP_PREFIX) => {
             let config = app.config();
             let answer = accounting::report::http(
@@ -230,6 +233,20 @@ async fn route(
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `/icons/<queue>.png`, the URI `printer-icons` advertises.
+fn queue_icon(app: &App, path: &str) -> Response<Full<Bytes>> {
+    let queue = path.trim_start_matches("/icons/").strip_suffix(".png");
+    if !queue.is_some_and(|queue| app.config().queues.contains_key(queue)) {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let mut response = Response::new(Full::new(icon::png()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("image/png"),
+    );
+    response
 }
 
 /// Ready when not draining and the job store answers.
