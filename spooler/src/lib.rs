@@ -9,6 +9,7 @@ pub mod accounting;
 pub mod app;
 pub mod auth;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod document;

@@ -12,17 +12,17 @@ use tokio::net::TcpListener;
 use printfleet_spooler::accounting::report::ReportArgs;
 use printfleet_spooler::app::{App, Settings};
 use printfleet_spooler::auth::Authenticator;
+use printfleet_spooler::cluster::{self, ClusterOptions};
 use printfleet_spooler::config::{self, Config};
 use printfleet_spooler::dispatch::{self, DispatchHandle};
 use printfleet_spooler::job::Claimer;
 use printfleet_spooler::metrics::Metrics;
-use printfleet_spooler::store::{JobStore, LocalDocumentStore, SqliteJobStore};
+use printfleet_spooler::store::{
+    DocumentStore, JobStore, LocalDocumentStore, ObjectDocumentStore, SqliteJobStore,
+};
 
 /// The job database in the state directory.
 const DATABASE_FILE: &str = "jobs.sqlite";
-
-/// The identity of the only dispatcher of a standalone spooler.
-const STANDALONE_CLAIMER: &str = "standalone";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -65,6 +65,33 @@ struct Cli {
     /// (set by the operator); without it, every queue.
     #[arg(long, env = "PRINTFLEET_SHARD")]
     shard: Option<String>,
+    /// PostgreSQL DSN of the job store shared by a shard's pods [default: SQLite in
+    /// --state-dir].
+    #[arg(long, env = "PRINTFLEET_STORE_DSN", hide_env_values = true)]
+    store_dsn: Option<String>,
+    /// Seconds to wait at start-up for an unreachable PostgreSQL before giving up.
+    #[arg(long, env = "PRINTFLEET_STORE_CONNECT_TIMEOUT", default_value_t = 60)]
+    store_connect_timeout: u64,
+    /// `s3://bucket[/prefix]` of the document store shared by a shard's pods [default: the
+    /// documents directory in --state-dir].
+    #[arg(long, env = "PRINTFLEET_DOCUMENTS_URL")]
+    documents_url: Option<String>,
+    /// S3-compatible endpoint (`http://minio:9000`) [default: AWS, or AWS_ENDPOINT].
+    #[arg(long, env = "PRINTFLEET_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_REGION, else us-east-1].
+    #[arg(long, env = "PRINTFLEET_S3_REGION")]
+    s3_region: Option<String>,
+    /// Mounted Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY [default: the
+    /// environment].
+    #[arg(long, env = "PRINTFLEET_S3_CREDENTIALS_DIR")]
+    s3_credentials_dir: Option<PathBuf>,
+    /// This pod's dispatcher identity [default: the host (pod) name with --store-dsn].
+    #[arg(long, env = "PRINTFLEET_CLAIMER_ID")]
+    claimer_id: Option<String>,
+    /// How many pods run this shard (more than one needs --store-dsn and --documents-url).
+    #[arg(long, env = "PRINTFLEET_REPLICAS", default_value_t = 1)]
+    replicas: u32,
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -85,6 +112,7 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    cli.cluster_options().check()?;
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(error) => bail!("{error}"),
@@ -113,21 +141,23 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| default_secrets_dir(&cli.config));
     std::fs::create_dir_all(&cli.state_dir)
         .with_context(|| format!("creating the state directory {}", cli.state_dir.display()))?;
-    let store = SqliteJobStore::open(&cli.state_dir.join(DATABASE_FILE))
-        .with_context(|| format!("opening the job store in {}", cli.state_dir.display()))?;
-    let documents = LocalDocumentStore::open(cli.state_dir.join("documents"))
-        .with_context(|| format!("opening the document store in {}", cli.state_dir.display()))?;
-    let store: Arc<dyn JobStore> = Arc::new(store);
+    let cluster = cli.cluster_options();
+    let store = open_job_store(&cli).await?;
+    let documents = open_document_store(&cli, &cluster)?;
 
     // A new epoch per start fences anything a previous run of this process left claimed;
     // those jobs go back to pending and are the only ones that may print twice.
+    let claimer_id = cluster.claimer_id(cluster::host_name());
     let claimer = Claimer {
-        id: STANDALONE_CLAIMER.into(),
-        epoch: store.next_epoch(STANDALONE_CLAIMER).await?,
+        epoch: store.next_epoch(&claimer_id).await?,
+        id: claimer_id,
     };
-    let recovered = store.recover(&claimer).await?;
-    if !recovered.is_empty() {
-        tracing::warn!(jobs = ?recovered, "jobs that were being sent when the spooler stopped will be sent again");
+    let dispatches_any_printer = !config.dispatched_printers(cli.shard.as_deref()).is_empty();
+    if cluster.recovers_at_start(dispatches_any_printer) {
+        let recovered = store.recover(&claimer).await?;
+        if !recovered.is_empty() {
+            tracing::warn!(jobs = ?recovered, "jobs that were being sent when their dispatcher stopped will be sent again");
+        }
     }
 
     let tls = match (&cli.tls_cert, &cli.tls_key) {
@@ -148,7 +178,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         },
         config: config_rx,
         store,
-        documents: Arc::new(documents),
+        documents,
         dispatch: DispatchHandle::new(),
         metrics: Metrics::new(),
         auth: Authenticator::new(secrets_dir),
@@ -157,7 +187,13 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("listening on {}", cli.listen))?;
-    tracing::info!(listen = %cli.listen, state_dir = %cli.state_dir.display(), "printfleet spooler ready");
+    tracing::info!(
+        listen = %cli.listen,
+        state_dir = %cli.state_dir.display(),
+        claimer = %claimer.id,
+        epoch = claimer.epoch,
+        "printfleet spooler ready"
+    );
 
     let (stop_dispatch, dispatch_stopped) = tokio::sync::watch::channel(false);
     let dispatcher = tokio::spawn(dispatch::run(app.clone(), claimer, dispatch_stopped));
@@ -175,6 +211,55 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+impl Cli {
+    fn cluster_options(&self) -> ClusterOptions {
+        ClusterOptions {
+            store_dsn: self.store_dsn.clone(),
+            documents_url: self.documents_url.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_credentials_dir: self.s3_credentials_dir.clone(),
+            claimer_id: self.claimer_id.clone(),
+            replicas: self.replicas,
+        }
+    }
+}
+
+/// PostgreSQL when a DSN is given (waiting for it a while), else SQLite in the state
+/// directory.
+async fn open_job_store(cli: &Cli) -> anyhow::Result<Arc<dyn JobStore>> {
+    match &cli.store_dsn {
+        Some(dsn) => {
+            let budget = Duration::from_secs(cli.store_connect_timeout);
+            Ok(Arc::new(cluster::connect_postgres(dsn, budget).await?))
+        }
+        None => {
+            let store = SqliteJobStore::open(&cli.state_dir.join(DATABASE_FILE))
+                .with_context(|| format!("opening the job store in {}", cli.state_dir.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// S3 when a documents URL is given, else the documents directory in the state directory.
+fn open_document_store(
+    cli: &Cli,
+    cluster: &ClusterOptions,
+) -> anyhow::Result<Arc<dyn DocumentStore>> {
+    match cluster.s3_settings() {
+        Some(settings) => Ok(Arc::new(
+            ObjectDocumentStore::connect(&settings).context("opening the object store")?,
+        )),
+        None => {
+            let documents = LocalDocumentStore::open(cli.state_dir.join("documents"))
+                .with_context(|| {
+                    format!("opening the document store in {}", cli.state_dir.display())
+                })?;
+            Ok(Arc::new(documents))
+        }
+    }
 }
 
 /// `printfleet-spooler report ...`: an accounting report from the state directory.

@@ -175,7 +175,7 @@ impl Drop for LocalDocumentWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use futures_util::TryStreamExt;
 
     use super::*;
@@ -189,7 +189,8 @@ mod tests {
             .await
     }
 
-    fn files_in(root: &std::path::Path) -> Vec<String> {
+    /// The names in a directory, sorted.
+    pub(crate) fn files_in(root: &std::path::Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(root)
             .expect("read_dir")
             .map(|entry| {

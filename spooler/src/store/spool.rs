@@ -155,6 +155,7 @@ fn concatenate(mut chunks: Vec<Bytes>) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    use crate::store::documents::tests::files_in;
     use futures_util::TryStreamExt;
 
     use super::*;
@@ -174,21 +175,6 @@ mod tests {
 
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|n| (n % 253) as u8).collect()
-    }
-
-    fn files_in(root: &std::path::Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(root)
-            .expect("read_dir")
-            .map(|entry| {
-                entry
-                    .expect("entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        names.sort();
-        names
     }
 
     fn store() -> (tempfile::TempDir, LocalDocumentStore) {
