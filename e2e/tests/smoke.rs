@@ -26,8 +26,14 @@ fn standalone_example_prints_to_its_directory() {
     assert_eq!(http_get_status(spooler.port(), "/healthz"), Some(200));
     assert_eq!(http_get_status(spooler.port(), "/metrics"), Some(200));
     // The icon `printer-icons` advertises (IPP Everywhere clients show it).
-    assert_eq!(http_get_status(spooler.port(), "/icons/demo.png"), Some(200));
-    assert_eq!(http_get_status(spooler.port(), "/icons/no-such-queue.png"), Some(404));
+    assert_eq!(
+        http_get_status(spooler.port(), "/icons/demo.png"),
+        Some(200)
+    );
+    assert_eq!(
+        http_get_status(spooler.port(), "/icons/no-such-queue.png"),
+        Some(404)
+    );
 
     let document = printfleet_e2e::documents::pdf("smoke test", 3000);
     let input_dir = tempfile::tempdir().unwrap();
