@@ -5,7 +5,7 @@
 //! the queue's status. Any change to a queue, or to a Printer, policy or shard Deployment a
 //! queue depends on, re-reconciles the queues concerned (watch relations, not polling).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +45,8 @@ pub enum Error {
     NoNamespace,
     #[error("a cache stopped before it was filled")]
     CacheGone,
+    #[error("serializing desired objects: {0}")]
+    Fingerprint(serde_json::Error),
 }
 
 impl Error {
@@ -55,6 +57,7 @@ impl Error {
             Self::Render(_) => "render",
             Self::NoNamespace => "no_namespace",
             Self::CacheGone => "cache_gone",
+            Self::Fingerprint(_) => "fingerprint",
         }
     }
 }
@@ -96,8 +99,50 @@ pub struct Context {
     queues: Store<PrintQueue>,
     policies: Store<AccountingPolicy>,
     deployments: Store<Deployment>,
+    applied: Arc<AppliedShards>,
     /// Consecutive failures per object, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
+}
+
+/// What was last applied for each shard (namespace, index), as a fingerprint of the
+/// desired objects. An event on a shard's ConfigMap or Deployment forgets the shard, so
+/// an edit by someone else is put back by the next reconcile.
+#[derive(Default)]
+pub struct AppliedShards {
+    fingerprints: Mutex<HashMap<(String, u32), u64>>,
+}
+
+impl AppliedShards {
+    fn unchanged(&self, shard: &(String, u32), fingerprint: u64) -> bool {
+        self.fingerprints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(shard)
+            == Some(&fingerprint)
+    }
+
+    fn record(&self, shard: (String, u32), fingerprint: u64) {
+        self.fingerprints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(shard, fingerprint);
+    }
+
+    fn forget(&self, shard: &(String, u32)) {
+        self.fingerprints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(shard);
+    }
+}
+
+/// A hash of the JSON form of `value`.
+fn fingerprint<T: Serialize>(value: &T) -> Result<u64, Error> {
+    use std::hash::{Hash, Hasher};
+    let json = serde_json::to_vec(value).map_err(Error::Fingerprint)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    json.hash(&mut hasher);
+    Ok(hasher.finish())
 }
 
 /// Delay before retrying an object that failed `failures` times in a row: 1 s doubling
@@ -127,19 +172,9 @@ impl Context {
     /// Waits until every cache has its first full list: before that a Printer that exists
     /// would look missing.
     async fn caches_ready(&self) -> Result<(), Error> {
-        self.printers
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::CacheGone)?;
-        self.policies
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::CacheGone)?;
-        self.deployments
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::CacheGone)?;
-        Ok(())
+        cache_ready(&self.printers).await?;
+        cache_ready(&self.policies).await?;
+        cache_ready(&self.deployments).await
     }
 
     /// The printfleet objects of `namespace`, from the controllers' caches.
@@ -159,6 +194,22 @@ impl Context {
             printers: by_name(&self.printers, namespace),
             queues: by_name(&self.queues, namespace),
             policies: by_name(&self.policies, namespace),
+        }
+    }
+}
+
+/// Waits for a store's first full list. kube-runtime's readiness signal keeps a single
+/// waker, so of several reconciles (and the controller runners) waiting at once only the
+/// last to poll is woken: re-poll on a short timer rather than rely on the wake-up.
+async fn cache_ready<K>(store: &Store<K>) -> Result<(), Error>
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready()).await {
+            Ok(result) => return result.map_err(|_| Error::CacheGone),
+            Err(_) => continue,
         }
     }
 }
@@ -236,32 +287,46 @@ pub async fn reconcile_queue(queue: Arc<PrintQueue>, ctx: Arc<Context>) -> Resul
     );
     let count = u32::try_from(shards.len()).unwrap_or(u32::MAX);
     let shard = shard_of(&name, count);
-    let shard_queues = shards.get(&shard).cloned().unwrap_or_default();
 
     let objects = shard_objects(
         &namespace,
         shard,
-        &shard_queues,
+        &shards,
         &inventory,
         &ctx.settings.shards,
         &ctx.settings.spooler,
     )?;
-    apply(&ctx.client, &namespace, &objects.service_account).await?;
-    apply(&ctx.client, &namespace, &objects.role).await?;
-    apply(&ctx.client, &namespace, &objects.role_binding).await?;
-    apply(&ctx.client, &namespace, &objects.config_map).await?;
-    let deployment = apply(&ctx.client, &namespace, &objects.deployment).await?;
-    apply(&ctx.client, &namespace, &objects.pod_disruption_budget).await?;
-    apply(
-        &ctx.client,
-        &namespace,
-        &submission_service(&namespace, inventory.queues.values()),
-    )
-    .await?;
-    if ctx.settings.service_monitors {
-        apply_service_monitor(&ctx.client, &namespace, &inventory).await?;
-    }
-    delete_surplus_shards(&ctx, &namespace, count).await?;
+    let service = submission_service(&namespace, inventory.queues.values());
+    let fingerprint = fingerprint(&(&objects, &service))?;
+    let shard_key = (namespace.clone(), shard);
+    // The queues of a shard all apply the same objects: once they are applied (and no
+    // event about them came since), the others only read the Deployment from the cache.
+    let cached = ctx
+        .applied
+        .unchanged(&shard_key, fingerprint)
+        .then(|| {
+            ctx.deployments
+                .get(&ObjectRef::new(&shard_name(shard)).within(&namespace))
+        })
+        .flatten();
+    let deployment = match cached {
+        Some(deployment) => Deployment::clone(&deployment),
+        None => {
+            apply(&ctx.client, &namespace, &objects.service_account).await?;
+            apply(&ctx.client, &namespace, &objects.role).await?;
+            apply(&ctx.client, &namespace, &objects.role_binding).await?;
+            apply(&ctx.client, &namespace, &objects.config_map).await?;
+            let deployment = apply(&ctx.client, &namespace, &objects.deployment).await?;
+            apply(&ctx.client, &namespace, &objects.pod_disruption_budget).await?;
+            apply(&ctx.client, &namespace, &service).await?;
+            if ctx.settings.service_monitors {
+                apply_service_monitor(&ctx.client, &namespace, &inventory).await?;
+            }
+            delete_unplanned_shards(&ctx, &namespace, &shards).await?;
+            ctx.applied.record(shard_key, fingerprint);
+            deployment
+        }
+    };
 
     let resolution = inventory.resolve(&queue);
     let available = deployment
@@ -309,15 +374,21 @@ async fn apply_service_monitor(
     Ok(())
 }
 
-/// Deletes every object of shards numbered `count` and above in `namespace`.
-async fn delete_surplus_shards(ctx: &Context, namespace: &str, count: u32) -> Result<(), Error> {
+/// Deletes every object of the shards of `namespace` that `plan` gives no queue: those
+/// numbered beyond the shard count, and any that rendezvous hashing left empty (its old
+/// configuration would still dispatch queues that moved away).
+async fn delete_unplanned_shards(
+    ctx: &Context,
+    namespace: &str,
+    plan: &BTreeMap<u32, Vec<String>>,
+) -> Result<(), Error> {
     let surplus: Vec<String> = ctx
         .deployments
         .state()
         .iter()
         .filter(|d| d.namespace().as_deref() == Some(namespace))
         .filter_map(|d| d.labels().get(SHARD_LABEL)?.parse::<u32>().ok())
-        .filter(|shard| *shard >= count)
+        .filter(|shard| plan.get(shard).is_none_or(Vec::is_empty))
         .map(shard_name)
         .collect();
     for name in surplus {
@@ -451,6 +522,46 @@ where
     result
 }
 
+type SeenVersion = (String, Option<i64>);
+
+/// Tells, for the objects of one watch, a spec change from a status-only one.
+///
+/// A watch event with a new resourceVersion and the generation seen before changed only
+/// status or metadata. Anything else counts as a spec change: a first sight, a new
+/// generation, or the same resourceVersion again (a deletion or a relist, which a mapper
+/// cannot tell apart).
+#[derive(Default)]
+pub struct SpecChanges {
+    /// (namespace, name) -> (resourceVersion, generation) last seen.
+    seen: Mutex<HashMap<(String, String), SeenVersion>>,
+}
+
+impl SpecChanges {
+    pub fn changed(&self, meta: &kube::api::ObjectMeta) -> bool {
+        let key = (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        );
+        let version = meta.resource_version.clone().unwrap_or_default();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get(&key) {
+            // Deleted (or relisted): forget it, so deleted objects do not accumulate.
+            Some((rv, _)) if *rv == version => {
+                seen.remove(&key);
+                true
+            }
+            Some((_, generation)) if *generation == meta.generation => {
+                seen.insert(key, (version, meta.generation));
+                false
+            }
+            _ => {
+                seen.insert(key, (version, meta.generation));
+                true
+            }
+        }
+    }
+}
+
 /// Queues of `namespace` in the store that satisfy `wanted`, as controller triggers.
 fn queues_where(
     store: &Store<PrintQueue>,
@@ -465,6 +576,37 @@ fn queues_where(
         .collect()
 }
 
+/// The queues whose reconcile applies the shard `object` belongs to; every queue of its
+/// namespace when the plan gives that shard none (any of them removes it).
+fn queues_of_shard_object<K: Resource>(
+    store: &Store<PrintQueue>,
+    object: &K,
+    settings: &ShardSettings,
+    applied: &AppliedShards,
+) -> Vec<ObjectRef<PrintQueue>> {
+    let Some(shard) = object
+        .labels()
+        .get(SHARD_LABEL)
+        .and_then(|s| s.parse::<u32>().ok())
+    else {
+        return Vec::new();
+    };
+    let namespace = object.namespace();
+    applied.forget(&(namespace.clone().unwrap_or_default(), shard));
+    let count = shard_count(
+        queues_where(store, namespace.clone(), |_| true).len(),
+        settings,
+    );
+    let served = queues_where(store, namespace.clone(), |q| {
+        shard_of(&q.name_any(), count) == shard
+    });
+    if served.is_empty() {
+        queues_where(store, namespace, |_| true)
+    } else {
+        served
+    }
+}
+
 /// Where the controllers look: all namespaces, or one.
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -476,6 +618,11 @@ where
         None => Api::all(client.clone()),
     }
 }
+
+/// Queue (and policy) reconciles running at once.
+const QUEUE_RECONCILES: u16 = 16;
+/// Printer probes running at once.
+const PRINTER_PROBES: u16 = 64;
 
 /// Runs the three controllers until `shutdown` completes.
 pub async fn run(
@@ -491,10 +638,21 @@ pub async fn run(
         "app.kubernetes.io/managed-by={FIELD_MANAGER},app.kubernetes.io/name=printfleet-spooler"
     ));
 
-    let queue_controller = Controller::new(api::<PrintQueue>(&client, ns), watch.clone());
+    // Bounded concurrency bounds memory (each queue reconcile holds its namespace's
+    // inventory); the short debounce folds a burst of triggers for one queue into one
+    // reconcile.
+    let queue_controller = Controller::new(api::<PrintQueue>(&client, ns), watch.clone())
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(QUEUE_RECONCILES)
+                .debounce(Duration::from_millis(100)),
+        );
     let queue_store = queue_controller.store();
-    let printer_controller = Controller::new(api::<Printer>(&client, ns), watch.clone());
-    let policy_controller = Controller::new(api::<AccountingPolicy>(&client, ns), watch.clone());
+    // Probes wait on the network: more of them at once.
+    let printer_controller = Controller::new(api::<Printer>(&client, ns), watch.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(PRINTER_PROBES));
+    let policy_controller = Controller::new(api::<AccountingPolicy>(&client, ns), watch.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(QUEUE_RECONCILES));
     let (deployments, deployment_writer) = kube::runtime::reflector::store();
     let deployment_reflector = kube::runtime::reflector(
         deployment_writer,
@@ -506,6 +664,7 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let applied = Arc::new(AppliedShards::default());
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -521,57 +680,64 @@ pub async fn run(
         queues: queue_store.clone(),
         policies: policy_controller.store(),
         deployments,
+        applied: applied.clone(),
         failures: Mutex::default(),
     });
 
-    let (s1, s2, s3, s4, s5) = (
+    let (s1, s2, s3, s4, s5, s6) = (
         queue_store.clone(),
         queue_store.clone(),
         queue_store.clone(),
         queue_store.clone(),
         ctx.settings.shards,
+        queue_store.clone(),
     );
     let queues = queue_controller
-        // A queue's change changes its siblings' shards (configs, shard count, Service).
-        .watches(
-            api::<PrintQueue>(&client, ns),
-            watch.clone(),
-            move |queue| queues_where(&s1, queue.namespace(), |_| true),
-        )
-        .watches(api::<Printer>(&client, ns), watch.clone(), move |printer| {
-            let name = printer.name_any();
-            queues_where(&s2, printer.namespace(), |q| {
-                q.spec.printers.contains(&name)
-            })
+        // A queue's spec changes its siblings' shards (configs, shard count, Service); its
+        // status does not (every status write would otherwise re-reconcile the namespace).
+        .watches(api::<PrintQueue>(&client, ns), watch.clone(), {
+            let specs = SpecChanges::default();
+            move |queue| {
+                if !specs.changed(queue.meta()) {
+                    return Vec::new();
+                }
+                queues_where(&s1, queue.namespace(), |_| true)
+            }
         })
-        .watches(
-            api::<AccountingPolicy>(&client, ns),
-            watch.clone(),
+        .watches(api::<Printer>(&client, ns), watch.clone(), {
+            let specs = SpecChanges::default();
+            move |printer| {
+                if !specs.changed(printer.meta()) {
+                    return Vec::new();
+                }
+                let name = printer.name_any();
+                queues_where(&s2, printer.namespace(), |q| {
+                    q.spec.printers.contains(&name)
+                })
+            }
+        })
+        .watches(api::<AccountingPolicy>(&client, ns), watch.clone(), {
+            let specs = SpecChanges::default();
             move |policy| {
+                if !specs.changed(policy.meta()) {
+                    return Vec::new();
+                }
                 let name = policy.name_any();
                 queues_where(&s3, policy.namespace(), |q| {
                     q.spec.accounting_policy.as_deref() == Some(name.as_str())
                 })
-            },
-        )
+            }
+        })
+        // A Deployment's availability is its queues' readiness.
+        .watches(api::<Deployment>(&client, ns), shard_objects.clone(), {
+            let applied = applied.clone();
+            move |deployment| queues_of_shard_object(&s4, &deployment, &s5, &applied)
+        })
+        // A shard's ConfigMap changed by hand (or by another tool) is put back at once.
         .watches(
-            api::<Deployment>(&client, ns),
+            api::<ConfigMap>(&client, ns),
             shard_objects,
-            move |deployment| {
-                let Some(shard) = deployment
-                    .labels()
-                    .get(SHARD_LABEL)
-                    .and_then(|s| s.parse::<u32>().ok())
-                else {
-                    return Vec::new();
-                };
-                let namespace = deployment.namespace();
-                let count = shard_count(queues_where(&s4, namespace.clone(), |_| true).len(), &s5);
-                // A shard the plan no longer has is removed by any queue's reconcile.
-                queues_where(&s4, namespace, |q| {
-                    shard >= count || shard_of(&q.name_any(), count) == shard
-                })
-            },
+            move |config_map| queues_of_shard_object(&s6, &config_map, &s5, &applied),
         )
         .graceful_shutdown_on(stopped(shutdown_rx.clone()))
         .run(
@@ -660,7 +826,11 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
         "deployments",
         &["get", "list", "watch", "patch", "delete"],
     ),
-    ("", "configmaps", &["get", "patch", "delete"]),
+    (
+        "",
+        "configmaps",
+        &["get", "list", "watch", "patch", "delete"],
+    ),
     ("", "services", &["get", "patch"]),
     ("", "serviceaccounts", &["get", "patch", "delete"]),
     (
@@ -694,6 +864,26 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spec_changes_ignore_status_only_updates_and_pass_deletions() {
+        let meta = |rv: &str, generation: i64| kube::api::ObjectMeta {
+            namespace: Some("office".into()),
+            name: Some("lobby".into()),
+            resource_version: Some(rv.into()),
+            generation: Some(generation),
+            ..Default::default()
+        };
+        let specs = SpecChanges::default();
+        assert!(specs.changed(&meta("1", 1)), "first sight");
+        assert!(
+            !specs.changed(&meta("2", 1)),
+            "status write: same generation"
+        );
+        assert!(specs.changed(&meta("3", 2)), "spec change: new generation");
+        assert!(specs.changed(&meta("3", 2)), "same version again: deleted");
+        assert!(specs.changed(&meta("4", 2)), "forgotten after the deletion");
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

@@ -2,6 +2,19 @@
 //! config ConfigMap, a PodDisruptionBudget and RBAC for the shard's Lease; per namespace one
 //! submission Service and, where the API exists, a ServiceMonitor.
 //!
+//! Submissions reach any spooler pod of the namespace through the one Service, so every
+//! shard's ConfigMap holds the same configuration: every servable queue of the namespace,
+//! each annotated with the shard that dispatches it ([`SHARD_ANNOTATION`]). A pod accepts
+//! jobs for any queue and dispatches only the queues of its own `--shard`.
+//!
+//! Deleting a PrintQueue removes it from that configuration. The spooler then refuses new
+//! submissions to it (`client-error-not-found`), as CUPS does for a deleted printer, while
+//! the jobs it already accepted stay in the store, held and not printed: they print if a
+//! queue of that name comes back (a GitOps prune and re-create, a rename undone), and
+//! retention expires them otherwise. Nothing acknowledged is dropped by a manifest change;
+//! to drain a queue first, stop submissions to it (access rules) and delete it when its
+//! `status.depth` is 0.
+//!
 //! Everything here is a pure function of the printfleet objects and the operator's settings.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +55,9 @@ pub const SPOOLER_PORT: i32 = 8631;
 pub const CONFIG_HASH_ANNOTATION: &str = "printfleet.io/config-hash";
 /// Label carrying a shard index on every shard object.
 pub const SHARD_LABEL: &str = "printfleet.io/shard";
+/// Annotation on each PrintQueue of the rendered configuration: the name of the shard
+/// that dispatches it (the spooler's `--shard`); the API crate owns the name.
+pub use printfleet_crds::SHARD_ANNOTATION;
 /// Key of the spooler configuration in the shard's ConfigMap.
 pub const CONFIG_KEY: &str = "printfleet.yaml";
 /// Where Secrets are mounted: `<dir>/<secret name>/<key>`, as the spooler's `--secrets-dir`.
@@ -154,13 +170,11 @@ impl Inventory {
         Ok(())
     }
 
-    /// The queues among `names` that can be served, in name order.
-    fn servable<'a>(&'a self, names: &[String]) -> Vec<&'a PrintQueue> {
-        names
-            .iter()
-            .filter_map(|name| self.queues.get(name))
+    /// The queues that can be served, in name order.
+    fn servable(&self) -> impl Iterator<Item = &PrintQueue> {
+        self.queues
+            .values()
             .filter(|queue| self.resolve(queue).is_ok())
-            .collect()
     }
 }
 
@@ -182,47 +196,83 @@ struct ConfigDocument<'a, S> {
 #[derive(Serialize)]
 struct ConfigMetadata<'a> {
     name: &'a str,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<&'static str, String>,
 }
 
 fn config_document<S: Serialize>(
     kind: &'static str,
-    name: &str,
+    metadata: ConfigMetadata<'_>,
     spec: &S,
 ) -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&ConfigDocument {
         api_version: API_VERSION,
         kind,
-        metadata: ConfigMetadata { name },
+        metadata,
         spec,
     })
 }
 
-/// The spooler configuration of a shard: its servable queues, the printers and policies
-/// they name, as multi-document YAML (policies, printers, queues, each sorted by name).
+fn plain_metadata(name: &str) -> ConfigMetadata<'_> {
+    ConfigMetadata {
+        name,
+        annotations: BTreeMap::new(),
+    }
+}
+
+/// Which shard dispatches each queue, from a plan (shard -> queues).
+pub fn shard_by_queue(plan: &BTreeMap<u32, Vec<String>>) -> BTreeMap<&str, u32> {
+    plan.iter()
+        .flat_map(|(shard, queues)| queues.iter().map(move |queue| (queue.as_str(), *shard)))
+        .collect()
+}
+
+/// The spooler configuration of a namespace, the same for each of its shards: every
+/// servable queue annotated with the shard `plan` gives it, and the printers and policies
+/// those queues name, as multi-document YAML (policies, printers, queues, each sorted by
+/// name). A queue the plan does not place is left out.
 pub fn render_config(
     inventory: &Inventory,
-    queues: &[String],
+    plan: &BTreeMap<u32, Vec<String>>,
 ) -> Result<String, serde_yaml::Error> {
-    let queues = inventory.servable(queues);
-    let printers: BTreeSet<&String> = queues.iter().flat_map(|q| &q.spec.printers).collect();
+    let placement = shard_by_queue(plan);
+    let queues: Vec<(&PrintQueue, u32)> = inventory
+        .servable()
+        .filter_map(|queue| {
+            let shard = placement.get(queue.metadata.name.as_deref()?)?;
+            Some((queue, *shard))
+        })
+        .collect();
+    let printers: BTreeSet<&String> = queues.iter().flat_map(|(q, _)| &q.spec.printers).collect();
     let policies: BTreeSet<&String> = queues
         .iter()
-        .filter_map(|q| q.spec.accounting_policy.as_ref())
+        .filter_map(|(q, _)| q.spec.accounting_policy.as_ref())
         .collect();
     let mut documents = Vec::new();
     for name in policies {
         if let Some(policy) = inventory.policies.get(name) {
-            documents.push(config_document("AccountingPolicy", name, &policy.spec)?);
+            documents.push(config_document(
+                "AccountingPolicy",
+                plain_metadata(name),
+                &policy.spec,
+            )?);
         }
     }
     for name in printers {
         if let Some(printer) = inventory.printers.get(name) {
-            documents.push(config_document("Printer", name, &printer.spec)?);
+            documents.push(config_document(
+                "Printer",
+                plain_metadata(name),
+                &printer.spec,
+            )?);
         }
     }
-    for queue in queues {
-        let name = queue.metadata.name.as_deref().unwrap_or_default();
-        documents.push(config_document("PrintQueue", name, &queue.spec)?);
+    for (queue, shard) in queues {
+        let metadata = ConfigMetadata {
+            name: queue.metadata.name.as_deref().unwrap_or_default(),
+            annotations: BTreeMap::from([(SHARD_ANNOTATION, shard_name(shard))]),
+        };
+        documents.push(config_document("PrintQueue", metadata, &queue.spec)?);
     }
     Ok(documents
         .iter()
@@ -239,12 +289,12 @@ pub fn config_hash(config: &str) -> String {
         .collect()
 }
 
-/// The Secret keys a shard's pods need, by Secret name: printer credentials and CA bundles
-/// and queue credentials files of its servable queues.
-pub fn secret_keys(inventory: &Inventory, queues: &[String]) -> BTreeMap<String, BTreeSet<String>> {
-    let queues = inventory.servable(queues);
+/// The Secret keys the spooler pods of a namespace need, by Secret name: printer
+/// credentials and CA bundles and queue credentials files of the servable queues (every pod
+/// authenticates submissions to any queue and holds the whole configuration).
+pub fn secret_keys(inventory: &Inventory) -> BTreeMap<String, BTreeSet<String>> {
     let mut refs: Vec<&SecretKeyRef> = Vec::new();
-    for queue in &queues {
+    for queue in inventory.servable() {
         refs.extend(&queue.spec.access.credentials);
         for printer in queue
             .spec
@@ -284,7 +334,7 @@ pub fn queue_owners<'a>(queues: impl IntoIterator<Item = &'a PrintQueue>) -> Vec
 }
 
 /// Everything one shard consists of.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ShardObjects {
     pub config_map: ConfigMap,
     pub deployment: Deployment,
@@ -294,18 +344,23 @@ pub struct ShardObjects {
     pub role_binding: RoleBinding,
 }
 
-/// Builds the objects of shard `shard` of `namespace`, serving `queues` (names).
+/// Builds the objects of shard `shard` of `namespace` under `plan` (shard -> queues).
 pub fn shard_objects(
     namespace: &str,
     shard: u32,
-    queues: &[String],
+    plan: &BTreeMap<u32, Vec<String>>,
     inventory: &Inventory,
     shards: &ShardSettings,
     spooler: &SpoolerSettings,
 ) -> Result<ShardObjects, serde_yaml::Error> {
     let name = shard_name(shard);
     let labels = shard_labels(shard);
-    let owners = queue_owners(queues.iter().filter_map(|q| inventory.queues.get(q)));
+    let owners = queue_owners(
+        plan.get(&shard)
+            .into_iter()
+            .flatten()
+            .filter_map(|q| inventory.queues.get(q)),
+    );
     let metadata = ObjectMeta {
         name: Some(name.clone()),
         namespace: Some(namespace.to_owned()),
@@ -313,9 +368,9 @@ pub fn shard_objects(
         owner_references: Some(owners),
         ..ObjectMeta::default()
     };
-    let config = render_config(inventory, queues)?;
+    let config = render_config(inventory, plan)?;
     let hash = config_hash(&config);
-    let secrets = secret_keys(inventory, queues);
+    let secrets = secret_keys(inventory);
     let selector = LabelSelector {
         match_labels: Some(labels.clone()),
         ..LabelSelector::default()
@@ -471,6 +526,8 @@ fn deployment(
             SECRETS_DIR.into(),
             "--log-format".into(),
             "json".into(),
+            "--shard".into(),
+            name.clone(),
         ]),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),

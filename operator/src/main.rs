@@ -72,11 +72,32 @@ struct Cli {
     #[arg(long, env = "POD_NAME", default_value = "printfleet-operator")]
     identity: String,
     /// Seconds a leader holds the Lease without renewing it.
-    #[arg(long, env = "PRINTFLEET_LEASE_DURATION", default_value_t = 15)]
+    #[arg(long, env = "PRINTFLEET_LEASE_DURATION", default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(2..))]
     lease_duration: u64,
     /// Log as JSON lines.
     #[arg(long, env = "PRINTFLEET_LOG_JSON")]
     log_json: bool,
+}
+
+/// Completes on SIGTERM (what Kubernetes sends a pod it stops) or SIGINT, so the leader
+/// releases its Lease and the standby takes over at once rather than after it expires.
+async fn terminated() {
+    let sigterm = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot handle SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = sigterm => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 #[tokio::main]
@@ -112,47 +133,57 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manager = LeaseManagerBuilder::new(client.clone(), &cli.lease_name)
         .with_namespace(&cli.lease_namespace)
         .with_identity(&cli.identity)
-        .with_field_manager(FIELD_MANAGER)
+        // One field manager per replica: server-side apply then refuses a second replica's
+        // claim of a free Lease (409) instead of letting both believe they lead.
+        .with_field_manager(format!("{FIELD_MANAGER}-lease-{}", cli.identity))
         .with_duration(cli.lease_duration)
-        .with_grace(cli.lease_duration / 3)
+        // Renew a third of the duration before expiry (the crate needs 0 < grace < duration).
+        .with_grace((cli.lease_duration / 3).max(1))
         .build()
         .await?;
     let (leader, lease_task) = manager.watch().await;
     ready.store(true, Ordering::Relaxed);
     tracing::info!(identity = %cli.identity, lease = %cli.lease_name, "standing by for the lease");
 
-    let terminate = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    // A watch::Ref locks the channel: never hold one across an await, or the lease task
+    // cannot report a change.
     let mut became_leader = leader.clone();
-    tokio::select! {
-        _ = terminate => {
-            tracing::info!("terminating while standing by");
-        }
-        result = became_leader.wait_for(|is_leader| *is_leader) => {
-            if result.is_ok() {
-                tracing::info!("leading: starting the controllers");
-                let mut lost = leader.clone();
-                let shutdown = async move {
-                    let signal = async { let _ = tokio::signal::ctrl_c().await; };
-                    let lost = async move { let _ = lost.wait_for(|is_leader| !*is_leader).await; };
-                    tokio::select! { _ = signal => {}, _ = lost => {} }
-                };
-                controller::run(client, settings, metrics, cli.watch_namespace.clone(), shutdown).await;
+    let leading = tokio::select! {
+        _ = terminated() => false,
+        result = became_leader.wait_for(|is_leader| *is_leader) => result.is_ok(),
+    };
+    drop(became_leader);
+    if leading {
+        tracing::info!("leading: starting the controllers");
+        let mut lost = leader.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = terminated() => {}
+                _ = lost.wait_for(|is_leader| !*is_leader) => {}
             }
+        };
+        controller::run(
+            client,
+            settings,
+            metrics,
+            cli.watch_namespace.clone(),
+            shutdown,
+        )
+        .await;
+        if !*leader.borrow() {
+            tracing::warn!("lost the lease: exiting so the pod restarts as a standby");
         }
+    } else {
+        tracing::info!("terminating while standing by");
     }
-    let still_leader = *leader.borrow();
     drop(leader);
-    // With the channel closed the lease task stops; releasing hands over at once.
-    if let Ok(Ok(manager)) = lease_task.await
-        && let Err(error) = manager.release().await
-    {
-        tracing::warn!(%error, "releasing the lease");
+    // With every receiver gone the lease task releases the Lease and stops: the standby
+    // takes over at once instead of waiting for the Lease to expire.
+    match lease_task.await {
+        Ok(Ok(_)) => tracing::info!("released the lease"),
+        Ok(Err(error)) => tracing::warn!(%error, "releasing the lease"),
+        Err(error) => tracing::warn!(%error, "the lease task failed"),
     }
     health.abort();
-    if !still_leader {
-        tracing::warn!("lost the lease");
-    }
     Ok(())
 }

@@ -26,6 +26,7 @@ const QUEUES: &str = "printfleet.io/v1alpha1/printqueues";
 /// The operator's controllers on a double; both stop when dropped.
 struct Running {
     api: ApiServer,
+    metrics: Metrics,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -54,11 +55,18 @@ async fn start(shards: ShardSettings, groups: &[&str]) -> Running {
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let metrics = Metrics::new().expect("metrics");
-    let task = tokio::spawn(controller::run(client, settings, metrics, None, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(controller::run(
+        client,
+        settings,
+        metrics.clone(),
+        None,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Running {
         api,
+        metrics,
         stop: Some(stop),
         task,
     }
@@ -132,12 +140,27 @@ fn queue_ready(api: &ApiServer, name: &str) -> Option<(String, String)> {
     ))
 }
 
-fn queue_names_in(config: &str) -> Vec<String> {
+/// The queues of a configuration with the shard each is annotated with.
+fn queue_shards_in(config: &str) -> Vec<(String, String)> {
     config
         .split("---\n")
         .filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok())
         .filter(|doc| doc["kind"] == "PrintQueue")
-        .filter_map(|doc| doc["metadata"]["name"].as_str().map(str::to_owned))
+        .filter_map(|doc| {
+            Some((
+                doc["metadata"]["name"].as_str()?.to_owned(),
+                doc["metadata"]["annotations"]["printfleet.io/shard"]
+                    .as_str()?
+                    .to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn queue_names_in(config: &str) -> Vec<String> {
+    queue_shards_in(config)
+        .into_iter()
+        .map(|(name, _)| name)
         .collect()
 }
 
@@ -166,9 +189,11 @@ async fn creating_objects_yields_a_shard_a_service_and_honest_statuses() {
     .await;
     assert_eq!(queue_names_in(&config), vec!["lobby"]);
     assert!(config.contains("kind: Printer") && config.contains("kind: AccountingPolicy"));
-    let deployment = api
-        .get(DEPLOYMENTS, NS, "printfleet-shard-0")
-        .expect("deployment applied");
+    // The ConfigMap is applied just before the Deployment.
+    let deployment = eventually("deployment applied", || {
+        api.get(DEPLOYMENTS, NS, "printfleet-shard-0")
+    })
+    .await;
     assert_eq!(deployment["spec"]["replicas"], 2);
     let owner = &deployment["metadata"]["ownerReferences"][0];
     assert_eq!(owner["kind"], "PrintQueue");
@@ -368,40 +393,53 @@ async fn shard_count_follows_the_number_of_queues() {
     for name in names {
         create(&client, queue(name, &["hall"], None)).await;
     }
-    // Five queues, two per shard: three shards, each queue configured exactly once.
-    let configured = |api: &ApiServer, shards: u32| -> Option<Vec<String>> {
-        let mut all: Vec<String> = (0..shards)
+    // Five queues, two per shard: three shards. Every shard holds the same configuration
+    // (its pods accept jobs for any queue behind the one Service), and each queue is
+    // annotated with the one shard that dispatches it.
+    let configs = |api: &ApiServer, shards: u32| -> Option<Vec<String>> {
+        let configs: Vec<String> = (0..shards)
             .map(|s| config_of(api, s))
-            .collect::<Option<Vec<_>>>()?
-            .iter()
-            .flat_map(|c| queue_names_in(c))
-            .collect();
-        all.sort();
-        Some(all)
+            .collect::<Option<Vec<_>>>()?;
+        let first = configs.first()?;
+        configs.iter().all(|c| c == first).then_some(configs)
     };
-    eventually("three shards serving all five queues", || {
-        configured(api, 3)
-            .filter(|all| *all == names)
+    let sorted_names = |config: &str| -> Vec<String> {
+        let mut names = queue_names_in(config);
+        names.sort();
+        names
+    };
+    let config = eventually("three equal shard configs with all five queues", || {
+        configs(api, 3)
+            .filter(|c| sorted_names(&c[0]) == names)
             .filter(|_| config_of(api, 3).is_none())
     })
     .await;
+    let placement = queue_shards_in(&config[0]);
     let shard_of_status = |api: &ApiServer, name: &str| {
         api.get(QUEUES, NS, name)
             .and_then(|q| q["status"]["shard"].as_str().map(str::to_owned))
     };
-    for name in names {
-        let shard = eventually("queue status shard", || shard_of_status(api, name)).await;
-        let index = shard
-            .trim_start_matches("printfleet-shard-")
-            .parse::<u32>()
-            .expect("shard index");
-        eventually("status and config agree", || {
-            config_of(api, index).filter(|c| queue_names_in(c).contains(&name.to_owned()))
+    for (name, shard) in &placement {
+        eventually("status and config agree on the shard", || {
+            shard_of_status(api, name).filter(|s| s == shard)
         })
         .await;
+        let deployment = api.get(DEPLOYMENTS, NS, shard).expect("shard deployment");
+        let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+        let args: Vec<&str> = args
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            args.windows(2).any(|w| w == ["--shard", shard.as_str()]),
+            "{args:?}"
+        );
     }
 
-    // Down to two queues: one shard, the others removed.
+    // Down to two queues: one shard, the others removed, and the deleted queues gone from
+    // the configuration (the spooler then refuses submissions to them).
     let queues: Api<PrintQueue> = Api::namespaced(client.clone(), NS);
     for name in ["q2", "q3", "q4"] {
         queues
@@ -414,7 +452,13 @@ async fn shard_count_follows_the_number_of_queues() {
             && api.get(DEPLOYMENTS, NS, "printfleet-shard-2").is_none()
             && config_of(api, 1).is_none()
             && config_of(api, 2).is_none()
-            && configured(api, 1).is_some_and(|all| all == ["q0", "q1"]))
+            && config_of(api, 0).is_some_and(|c| {
+                queue_shards_in(&c)
+                    == [
+                        ("q0".to_owned(), "printfleet-shard-0".to_owned()),
+                        ("q1".to_owned(), "printfleet-shard-0".to_owned()),
+                    ]
+            }))
         .then_some(())
     })
     .await;
@@ -492,4 +536,169 @@ async fn the_double_refuses_stale_writes() {
     let stored = printers.get("hall").await.expect("get");
     assert_eq!(stored.spec.description.as_deref(), Some("first writer"));
     assert_eq!(stored.metadata.generation, Some(2));
+}
+
+/// Server-side apply in the double behaves as the API server's: an apply that would change
+/// a field another manager owns is refused unless forced, and a manager's apply removes
+/// the fields it applied before and no longer applies.
+#[tokio::test]
+async fn the_double_tracks_field_owners_of_applies() {
+    let api = ApiServer::start(&[]).await;
+    let client = api.client();
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, NS);
+    let apply = |data: Value| {
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "shared"}, "data": data})
+    };
+    config_maps
+        .patch(
+            "shared",
+            &PatchParams::apply("first"),
+            &Patch::Apply(apply(serde_json::json!({"a": "1", "b": "1"}))),
+        )
+        .await
+        .expect("first apply creates");
+    // Same value: shared ownership, no conflict.
+    config_maps
+        .patch(
+            "shared",
+            &PatchParams::apply("second"),
+            &Patch::Apply(apply(serde_json::json!({"a": "1"}))),
+        )
+        .await
+        .expect("agreeing apply");
+    match config_maps
+        .patch(
+            "shared",
+            &PatchParams::apply("second"),
+            &Patch::Apply(apply(serde_json::json!({"b": "2"}))),
+        )
+        .await
+    {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+            assert!(
+                status.message.contains("first: /data/b"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("a conflicting apply must be refused, got {other:?}"),
+    }
+    let forced = config_maps
+        .patch(
+            "shared",
+            &PatchParams::apply("second").force(),
+            &Patch::Apply(apply(serde_json::json!({"b": "2"}))),
+        )
+        .await
+        .expect("a forced apply wins");
+    let data = forced.data.unwrap_or_default();
+    // "a" is still owned by "first", so "second" dropping it does not remove it.
+    assert_eq!(data.get("a").map(String::as_str), Some("1"));
+    assert_eq!(data.get("b").map(String::as_str), Some("2"));
+    let after = config_maps
+        .patch(
+            "shared",
+            &PatchParams::apply("first"),
+            &Patch::Apply(apply(serde_json::json!({"c": "3"}))),
+        )
+        .await
+        .expect("first applies something else");
+    let data = after.data.unwrap_or_default();
+    assert_eq!(
+        data.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["b", "c"],
+        "first no longer applies a, which nobody else owns: removed"
+    );
+}
+
+/// Another writer races the operator on its own objects: a hand edit of a shard's
+/// ConfigMap is put back at once, a non-forced apply by another tool is refused, a stale
+/// update is refused, and the operator's reconciles never fail over it.
+#[tokio::test]
+async fn conflicting_writes_converge_to_the_operators_intent() {
+    let running = start(ShardSettings::default(), &[]).await;
+    let api = &running.api;
+    let client = api.client();
+    create(&client, file_printer("hall")).await;
+    create(&client, queue("lobby", &["hall"], None)).await;
+    let intended = eventually("the shard's config", || {
+        config_of(api, 0).filter(|c| c.contains("lobby"))
+    })
+    .await;
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), NS);
+
+    // kubectl edit: an update by another field manager takes the field; the operator's
+    // forced apply (on the ConfigMap's watch event) takes it back.
+    let tamper = serde_json::json!({"data": {"printfleet.yaml": "tampered"}});
+    for _ in 0..5 {
+        config_maps
+            .patch(
+                "printfleet-shard-0",
+                &PatchParams {
+                    field_manager: Some("kubectl-edit".into()),
+                    ..PatchParams::default()
+                },
+                &Patch::Merge(&tamper),
+            )
+            .await
+            .expect("the hand edit is accepted");
+        eventually("the operator restores the config", || {
+            config_of(api, 0).filter(|c| *c == intended)
+        })
+        .await;
+    }
+
+    // Another tool applying without force meets the operator's ownership.
+    let other = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "printfleet-shard-0"}, "data": {"printfleet.yaml": "mine"}});
+    match config_maps
+        .patch(
+            "printfleet-shard-0",
+            &PatchParams::apply("helm"),
+            &Patch::Apply(&other),
+        )
+        .await
+    {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 409),
+        other => panic!("a conflicting apply must be refused, got {other:?}"),
+    }
+
+    // A stale replace (read before the operator's last write) is refused.
+    let stale = config_maps
+        .get("printfleet-shard-0")
+        .await
+        .expect("read the ConfigMap");
+    let queues: Api<PrintQueue> = Api::namespaced(client.clone(), NS);
+    let change = serde_json::json!({"spec": {"description": "front desk"}});
+    queues
+        .patch("lobby", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .expect("update the queue");
+    eventually("the new spec in the config", || {
+        config_of(api, 0).filter(|c| c.contains("front desk"))
+    })
+    .await;
+    let mut stale_edit = stale;
+    stale_edit
+        .data
+        .get_or_insert_default()
+        .insert("printfleet.yaml".into(), "stale".into());
+    match config_maps
+        .replace("printfleet-shard-0", &PostParams::default(), &stale_edit)
+        .await
+    {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 409),
+        other => panic!("a stale replace must be refused, got {other:?}"),
+    }
+    assert!(config_of(api, 0).is_some_and(|c| c.contains("front desk")));
+
+    // None of this made a reconcile fail (no error loop, no backoff).
+    let metrics = running.metrics.render();
+    assert!(
+        !metrics.contains("printfleet_operator_reconcile_failures_total{"),
+        "{metrics}"
+    );
 }

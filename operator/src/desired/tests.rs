@@ -79,6 +79,23 @@ fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|n| (*n).to_owned()).collect()
 }
 
+/// A plan (shard -> queues) written out by hand.
+fn plan_of(shards: &[(u32, &[&str])]) -> BTreeMap<u32, Vec<String>> {
+    shards
+        .iter()
+        .map(|(shard, queues)| (*shard, names(queues)))
+        .collect()
+}
+
+/// Each document of a rendered configuration, parsed.
+fn documents_of(config: &str) -> Vec<serde_yaml::Value> {
+    config
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_yaml::from_str(d).expect("each document parses"))
+        .collect()
+}
+
 #[test]
 fn resolve_names_what_is_missing_or_invalid() {
     let mut bad_printer = ipp_printer("bad");
@@ -112,24 +129,26 @@ fn resolve_names_what_is_missing_or_invalid() {
 }
 
 #[test]
-fn config_holds_servable_queues_with_their_printers_and_policies_only() {
+fn config_holds_every_servable_queue_annotated_with_its_shard() {
     let inv = inventory(
-        vec![ipp_printer("p1"), ipp_printer("p2"), ipp_printer("unused")],
+        vec![
+            ipp_printer("p1"),
+            ipp_printer("p2"),
+            ipp_printer("p3"),
+            ipp_printer("spare"),
+        ],
         vec![
             queue("a", &["p1"], Some("eur")),
             queue("b", &["p1", "p2"], None),
             queue("dangling", &["p1", "gone"], None),
-            queue("other-shard", &["unused"], None),
+            queue("elsewhere", &["p3"], None),
         ],
         vec![policy("eur", "EUR"), policy("usd", "USD")],
     );
-    let config = render_config(&inv, &names(&["a", "b", "dangling"])).expect("renders");
-    let documents: Vec<serde_yaml::Value> = config
-        .split("---\n")
-        .filter(|d| !d.trim().is_empty())
-        .map(|d| serde_yaml::from_str(d).expect("each document parses"))
-        .collect();
-    let heads: Vec<(String, String)> = documents
+    let plan = plan_of(&[(0, &["a", "b", "dangling"]), (1, &["elsewhere"])]);
+    let config = render_config(&inv, &plan).expect("renders");
+    let documents = documents_of(&config);
+    let heads: Vec<(String, String, Option<String>)> = documents
         .iter()
         .map(|d| {
             (
@@ -138,19 +157,26 @@ fn config_holds_servable_queues_with_their_printers_and_policies_only() {
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
+                d["metadata"]["annotations"][SHARD_ANNOTATION]
+                    .as_str()
+                    .map(str::to_owned),
             )
         })
         .collect();
-    let expected = [
-        ("AccountingPolicy", "eur"),
-        ("Printer", "p1"),
-        ("Printer", "p2"),
-        ("PrintQueue", "a"),
-        ("PrintQueue", "b"),
-    ];
+    let shard = |n: u32| Some(shard_name(n));
+    // Unused printers and policies and the queue with a dangling reference stay out: the
+    // spooler refuses a configuration that names something missing.
     assert_eq!(
         heads,
-        expected.map(|(k, n)| (k.to_owned(), n.to_owned())).to_vec()
+        vec![
+            ("AccountingPolicy".into(), "eur".into(), None),
+            ("Printer".into(), "p1".into(), None),
+            ("Printer".into(), "p2".into(), None),
+            ("Printer".into(), "p3".into(), None),
+            ("PrintQueue".into(), "a".into(), shard(0)),
+            ("PrintQueue".into(), "b".into(), shard(0)),
+            ("PrintQueue".into(), "elsewhere".into(), shard(1)),
+        ]
     );
     for document in &documents {
         assert_eq!(document["apiVersion"].as_str(), Some(API_VERSION));
@@ -159,6 +185,86 @@ fn config_holds_servable_queues_with_their_printers_and_policies_only() {
         documents[1]["spec"]["uri"].as_str(),
         Some("ipp://p1.example:631/ipp/print")
     );
+}
+
+#[test]
+fn every_shard_holds_the_same_config_and_dispatches_its_own_queues() {
+    let inv = inventory(
+        vec![ipp_printer("p1")],
+        vec![queue("a", &["p1"], None), queue("b", &["p1"], None)],
+        vec![],
+    );
+    let plan = plan_of(&[(0, &["a"]), (1, &["b"])]);
+    let objects = |shard| {
+        shard_objects(
+            "office",
+            shard,
+            &plan,
+            &inv,
+            &ShardSettings::default(),
+            &SpoolerSettings::default(),
+        )
+        .expect("builds")
+    };
+    let (zero, one) = (objects(0), objects(1));
+    let config = |o: &ShardObjects| {
+        o.config_map
+            .data
+            .as_ref()
+            .and_then(|d| d.get(CONFIG_KEY))
+            .cloned()
+            .expect("config")
+    };
+    assert_eq!(config(&zero), config(&one));
+    assert_eq!(config(&zero), render_config(&inv, &plan).expect("renders"));
+    let args = |o: &ShardObjects| {
+        o.deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers[0].args.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        args(&zero)
+            .windows(2)
+            .any(|w| w == ["--shard", "printfleet-shard-0"]),
+        "{:?}",
+        args(&zero)
+    );
+    assert!(
+        args(&one)
+            .windows(2)
+            .any(|w| w == ["--shard", "printfleet-shard-1"])
+    );
+    // Each shard belongs to the queues it dispatches (garbage collection), not to all.
+    let owner_names = |o: &ShardObjects| -> Vec<String> {
+        o.config_map
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .collect()
+    };
+    assert_eq!(owner_names(&zero), ["a"]);
+    assert_eq!(owner_names(&one), ["b"]);
+}
+
+#[test]
+fn a_queue_the_plan_does_not_place_is_left_out() {
+    let inv = inventory(
+        vec![ipp_printer("p1")],
+        vec![queue("a", &["p1"], None), queue("new", &["p1"], None)],
+        vec![],
+    );
+    let config = render_config(&inv, &plan_of(&[(0, &["a"])])).expect("renders");
+    let queues: Vec<String> = documents_of(&config)
+        .iter()
+        .filter(|d| d["kind"] == "PrintQueue")
+        .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(queues, ["a"]);
 }
 
 #[test]
@@ -172,7 +278,7 @@ fn config_hash_changes_with_config_and_only_then() {
         shard_objects(
             "office",
             0,
-            &names(&["a"]),
+            &plan_of(&[(0, &["a"])]),
             inv,
             &ShardSettings::default(),
             &SpoolerSettings::default(),
@@ -234,11 +340,17 @@ fn secrets_are_mounted_and_never_rendered_into_the_config() {
         name: "printer-login".into(),
         key: "users".into(),
     });
-    let inv = inventory(vec![secure], vec![locked], vec![]);
+    let inv = inventory(
+        vec![secure, ipp_printer("plain")],
+        vec![locked, queue("open", &["plain"], None)],
+        vec![],
+    );
+    // Shard 2 dispatches only "open", yet its pods accept (and authenticate) jobs for
+    // "locked" too and hold the whole configuration: they mount every Secret it names.
     let objects = shard_objects(
         "office",
         2,
-        &names(&["locked"]),
+        &plan_of(&[(1, &["locked"]), (2, &["open"])]),
         &inv,
         &ShardSettings::default(),
         &SpoolerSettings::default(),
@@ -317,8 +429,15 @@ fn deployment_is_redundant_probed_and_locked_down() {
         image: "registry.example/spooler:1.2".into(),
         ..SpoolerSettings::default()
     };
-    let objects =
-        shard_objects("office", 1, &names(&["a"]), &inv, &shards, &spooler).expect("builds");
+    let objects = shard_objects(
+        "office",
+        1,
+        &plan_of(&[(1, &["a"])]),
+        &inv,
+        &shards,
+        &spooler,
+    )
+    .expect("builds");
     let deployment = objects.deployment;
     assert_eq!(
         deployment.metadata.name.as_deref(),

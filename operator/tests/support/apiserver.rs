@@ -9,10 +9,17 @@
 //! changes; DELETE with garbage collection of objects whose owners are all gone; `/apis`
 //! listing the API groups it was told exist.
 //!
-//! What it does not: field ownership between several appliers (an apply replaces the
-//! top-level fields it names), admission, schema validation, pagination.
+//! Field ownership as server-side apply keeps it: each field manager owns the leaf fields
+//! it applied or changed (lists are atomic); an apply merges into the object, removes the
+//! fields its manager applied before and no longer applies (unless another manager owns
+//! them), and is refused with 409 Conflict when, without `force`, it would change a field
+//! another manager owns. That is what makes two appliers of one Lease contend as they do on
+//! a real API server.
+//!
+//! What it does not: admission, schema validation, pagination, list-map keys (lists are
+//! owned whole), `managedFields` in the returned objects.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -35,22 +42,34 @@ type Body = BoxBody<Bytes, Infallible>;
 /// Where an object lives: (collection `group/version/plural`, namespace, name).
 type Key = (String, String, String);
 
+/// One change, as every watcher of its collection will send it.
 #[derive(Clone, Debug)]
 struct WatchEvent {
     resource_version: u64,
     collection: String,
     namespace: String,
-    kind: &'static str,
-    object: Value,
+    /// The object's labels, for label-selected watches.
+    labels: Value,
+    /// The serialized `{"type", "object"}` line, made once for every watcher.
+    line: Bytes,
 }
+
+/// Leaf fields (JSON pointers) each field manager owns in one object.
+type Ownership = BTreeMap<String, BTreeSet<String>>;
 
 #[derive(Default)]
 struct State {
     resource_version: u64,
     next_uid: u64,
     objects: BTreeMap<Key, Value>,
+    owners: HashMap<Key, Ownership>,
+    /// The uid of every stored object, for garbage collection.
+    uids: HashSet<String>,
+    /// Every change in resource-version order (watchers binary-search their start).
     history: Vec<WatchEvent>,
     groups: Vec<String>,
+    /// Requests served, for the benchmark's measure of the double itself.
+    requests: u64,
 }
 
 /// A running double; stops when dropped.
@@ -171,8 +190,9 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Equality-based label selectors (`a=b,c=d`), which is what the operator uses.
-fn matches_labels(object: &Value, selector: Option<&String>) -> bool {
+/// Equality-based label selectors (`a=b,c=d`), which is what the operator uses, against
+/// an object's `metadata.labels`.
+fn matches_labels(labels: &Value, selector: Option<&String>) -> bool {
     let Some(selector) = selector.filter(|s| !s.is_empty()) else {
         return true;
     };
@@ -180,10 +200,9 @@ fn matches_labels(object: &Value, selector: Option<&String>) -> bool {
         .split(',')
         .all(|requirement| match requirement.split_once('=') {
             Some((key, value)) => {
-                object["metadata"]["labels"][key.trim_end_matches('=')].as_str()
-                    == Some(value.trim_start_matches('='))
+                labels[key.trim_end_matches('=')].as_str() == Some(value.trim_start_matches('='))
             }
-            None => object["metadata"]["labels"].get(requirement).is_some(),
+            None => labels.get(requirement).is_some(),
         })
 }
 
@@ -222,15 +241,175 @@ fn spec_part(object: &Value) -> Value {
     copy
 }
 
+/// Fields that identify an object or are the server's: nobody owns them.
+const UNOWNED: [&str; 9] = [
+    "/apiVersion",
+    "/kind",
+    "/metadata/name",
+    "/metadata/namespace",
+    "/metadata/uid",
+    "/metadata/resourceVersion",
+    "/metadata/generation",
+    "/metadata/creationTimestamp",
+    "/metadata/managedFields",
+];
+
+fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The leaf fields of `value` as JSON pointers; lists and empty maps are leaves.
+fn leaf_fields(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, child) in map {
+                leaf_fields(child, &format!("{prefix}/{}", escape_pointer(key)), out);
+            }
+        }
+        _ if !prefix.is_empty() => {
+            out.insert(prefix.to_owned());
+        }
+        _ => {}
+    }
+}
+
+/// The fields a write to the object (`status` false) or its status subresource touches.
+fn owned_fields(value: &Value, status: bool) -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    leaf_fields(value, "", &mut all);
+    all.into_iter()
+        .filter(|field| !UNOWNED.contains(&field.as_str()))
+        .filter(|field| (field == "/status" || field.starts_with("/status/")) == status)
+        .collect()
+}
+
+/// Removes the field at a JSON pointer, if present.
+fn remove_field(value: &mut Value, pointer: &str) {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return;
+    };
+    let key = last.replace("~1", "/").replace("~0", "~");
+    if let Some(Value::Object(map)) = value.pointer_mut(parent) {
+        map.remove(&key);
+    }
+}
+
+/// Merges an applied configuration into an object: maps merge, lists and scalars replace.
+fn apply_merge(target: &mut Value, applied: &Value) {
+    match (target, applied) {
+        (Value::Object(target), Value::Object(applied)) => {
+            for (key, value) in applied {
+                apply_merge(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+        (target, applied) => *target = applied.clone(),
+    }
+}
+
+/// Who wrote and how, from the query string.
+struct Writer {
+    manager: String,
+    force: bool,
+}
+
+impl Writer {
+    fn from_query(params: &HashMap<String, String>) -> Self {
+        Self {
+            manager: params
+                .get("fieldManager")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into()),
+            force: params.get("force").is_some_and(|f| f == "true"),
+        }
+    }
+}
+
 impl State {
-    fn record(&mut self, kind: &'static str, key: &Key, object: Value) {
+    fn record(&mut self, kind: &'static str, key: &Key, object: &Value) {
+        let line = format!("{}\n", json!({"type": kind, "object": object}));
         self.history.push(WatchEvent {
             resource_version: self.resource_version,
             collection: key.0.clone(),
             namespace: key.1.clone(),
-            kind,
-            object,
+            labels: object["metadata"]["labels"].clone(),
+            line: Bytes::from(line),
         });
+    }
+
+    /// Fields of `fields` whose value `applied` would change and that a manager other than
+    /// `manager` owns, as "manager: field".
+    fn conflicts(
+        &self,
+        key: &Key,
+        manager: &str,
+        fields: &BTreeSet<String>,
+        current: &Value,
+        applied: &Value,
+    ) -> Vec<String> {
+        let Some(owners) = self.owners.get(key) else {
+            return Vec::new();
+        };
+        owners
+            .iter()
+            .filter(|(owner, _)| owner.as_str() != manager)
+            .flat_map(|(owner, owned)| {
+                owned
+                    .intersection(fields)
+                    .filter(|field| current.pointer(field) != applied.pointer(field))
+                    .map(move |field| format!("{owner}: {field}"))
+            })
+            .collect()
+    }
+
+    /// Records that `manager` applied exactly `fields` (of one scope: object or status):
+    /// it owns them, others lose the ones whose value changed. Returns the fields it owned
+    /// before and no longer applies that nobody else owns (the apply removes them).
+    fn take_applied(
+        &mut self,
+        key: &Key,
+        manager: &str,
+        fields: &BTreeSet<String>,
+        status: bool,
+        changed: &BTreeSet<String>,
+    ) -> Vec<String> {
+        let owners = self.owners.entry(key.clone()).or_default();
+        let previous = owners.remove(manager).unwrap_or_default();
+        for owned in owners.values_mut() {
+            owned.retain(|field| !changed.contains(field));
+        }
+        let dropped: Vec<String> = previous
+            .iter()
+            .filter(|field| (*field == "/status" || field.starts_with("/status/")) == status)
+            .filter(|field| !fields.contains(*field))
+            .filter(|field| !owners.values().any(|owned| owned.contains(*field)))
+            .cloned()
+            .collect();
+        let mut mine: BTreeSet<String> = previous
+            .into_iter()
+            .filter(|field| (field == "/status" || field.starts_with("/status/")) != status)
+            .collect();
+        mine.extend(fields.iter().cloned());
+        owners.insert(manager.to_owned(), mine);
+        owners.retain(|_, owned| !owned.is_empty());
+        dropped
+    }
+
+    /// Records an update (PUT, merge patch) by `manager` that changed `changed`: nobody
+    /// else owns those now, and `manager` owns the ones it `set` (removed fields have no
+    /// owner).
+    fn take_updated(
+        &mut self,
+        key: &Key,
+        manager: &str,
+        changed: &BTreeSet<String>,
+        set: BTreeSet<String>,
+    ) {
+        let owners = self.owners.entry(key.clone()).or_default();
+        for owned in owners.values_mut() {
+            owned.retain(|field| !changed.contains(field));
+        }
+        owners.entry(manager.to_owned()).or_default().extend(set);
+        owners.retain(|_, owned| !owned.is_empty());
     }
 
     fn bump(&mut self) -> String {
@@ -246,13 +425,15 @@ impl State {
         if !key.1.is_empty() {
             metadata["namespace"] = json!(key.1);
         }
-        metadata["uid"] = json!(format!("00000000-0000-0000-0000-{:012}", self.next_uid));
+        let uid = format!("00000000-0000-0000-0000-{:012}", self.next_uid);
+        self.uids.insert(uid.clone());
+        metadata["uid"] = json!(uid);
         metadata["resourceVersion"] = json!(rv);
         metadata["generation"] = json!(1);
         metadata["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
         self.objects.insert(key.clone(), object.clone());
-        self.record("ADDED", &key, object.clone());
-        self.collect_garbage();
+        self.record("ADDED", &key, &object);
+        self.collect_if_orphaned(&key);
         object
     }
 
@@ -276,46 +457,53 @@ impl State {
         next["metadata"]["generation"] = json!(generation);
         next["metadata"]["resourceVersion"] = json!(self.bump());
         self.objects.insert(key.clone(), next.clone());
-        self.record("MODIFIED", key, next.clone());
-        self.collect_garbage();
+        self.record("MODIFIED", key, &next);
+        self.collect_if_orphaned(key);
         next
     }
 
     fn delete(&mut self, key: &Key) -> Option<Value> {
         let object = self.objects.remove(key)?;
+        self.owners.remove(key);
+        if let Some(uid) = object["metadata"]["uid"].as_str() {
+            self.uids.remove(uid);
+        }
         self.bump();
-        self.record("DELETED", key, object.clone());
+        self.record("DELETED", key, &object);
         self.collect_garbage();
         Some(object)
     }
 
-    /// Deletes objects all of whose owners are gone, as the garbage collector does after any
-    /// change (background cascading deletion).
-    fn collect_garbage(&mut self) {
-        loop {
-            let uids: std::collections::HashSet<String> = self
-                .objects
-                .values()
-                .filter_map(|o| o["metadata"]["uid"].as_str().map(str::to_owned))
-                .collect();
-            let orphan = self.objects.iter().find_map(|(key, object)| {
-                let owners = object["metadata"]["ownerReferences"].as_array()?;
-                let all_gone = !owners.is_empty()
+    /// Whether every owner `object` names is gone (an object with none is not owned).
+    fn orphaned(&self, object: &Value) -> bool {
+        object["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|owners| {
+                !owners.is_empty()
                     && owners
                         .iter()
-                        .all(|o| o["uid"].as_str().is_none_or(|uid| !uids.contains(uid)));
-                all_gone.then(|| key.clone())
-            });
-            match orphan {
-                Some(key) => {
-                    let Some(object) = self.objects.remove(&key) else {
-                        return;
-                    };
-                    self.bump();
-                    self.record("DELETED", &key, object);
-                }
-                None => return,
-            }
+                        .all(|o| o["uid"].as_str().is_none_or(|uid| !self.uids.contains(uid)))
+            })
+    }
+
+    /// Deletes `key` if its owners are all gone, as the garbage collector does after a
+    /// write (background cascading deletion).
+    fn collect_if_orphaned(&mut self, key: &Key) {
+        if self.objects.get(key).is_some_and(|o| self.orphaned(o)) {
+            self.delete(key);
+        }
+    }
+
+    /// After a deletion: deletes what it owned alone, and so on down.
+    fn collect_garbage(&mut self) {
+        let orphans: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|(_, object)| self.orphaned(object))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in orphans {
+            self.delete(&key);
         }
     }
 }
@@ -379,12 +567,27 @@ impl ApiServer {
     /// Every stored object of a collection in a namespace.
     pub fn list(&self, collection: &str, namespace: &str) -> Vec<Value> {
         let state = self.state.lock().expect("state");
-        state
-            .objects
-            .iter()
-            .filter(|((c, ns, _), _)| c == collection && ns == namespace)
+        in_namespace(&state.objects, collection, namespace)
             .map(|(_, o)| o.clone())
             .collect()
+    }
+
+    /// How many objects of a collection in a namespace satisfy `check` (no copies).
+    pub fn count(
+        &self,
+        collection: &str,
+        namespace: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> usize {
+        let state = self.state.lock().expect("state");
+        in_namespace(&state.objects, collection, namespace)
+            .filter(|(_, o)| check(o))
+            .count()
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> u64 {
+        self.state.lock().expect("state").requests
     }
 
     /// Plays the Deployment controller: every Deployment of `namespace` reports all its
@@ -414,6 +617,19 @@ impl ApiServer {
     }
 }
 
+/// The objects of one collection in one namespace, from an ordered range of the map.
+fn in_namespace<'a>(
+    objects: &'a BTreeMap<Key, Value>,
+    collection: &str,
+    namespace: &str,
+) -> impl Iterator<Item = (&'a Key, &'a Value)> {
+    let start: Key = (collection.to_owned(), namespace.to_owned(), String::new());
+    let (collection, namespace) = (collection.to_owned(), namespace.to_owned());
+    objects
+        .range(start..)
+        .take_while(move |((c, ns, _), _)| *c == collection && *ns == namespace)
+}
+
 async fn handle(
     request: Request<Incoming>,
     state: Arc<Mutex<State>>,
@@ -441,6 +657,8 @@ async fn handle(
     };
     let method = request.method().clone();
     let params = query(&request);
+    let writer = Writer::from_query(&params);
+    state.lock().expect("state").requests += 1;
     let content_type = request
         .headers()
         .get(hyper::header::CONTENT_TYPE)
@@ -469,7 +687,7 @@ async fn handle(
             }
         }
         (&Method::POST, None) => match parsed {
-            Some(object) => create(&target, object, &state),
+            Some(object) => create(&target, object, &writer, &state),
             None => status_body(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
@@ -477,7 +695,7 @@ async fn handle(
             ),
         },
         (&Method::PUT, Some(name)) => match parsed {
-            Some(object) => replace(&target, name, object, &state),
+            Some(object) => replace(&target, name, object, &writer, &state),
             None => status_body(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
@@ -485,7 +703,7 @@ async fn handle(
             ),
         },
         (&Method::PATCH, Some(name)) => match parsed {
-            Some(patch) => patch_object(&target, name, &content_type, patch, &state),
+            Some(patch) => patch_object(&target, name, &content_type, patch, &writer, &state),
             None => status_body(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
@@ -505,7 +723,9 @@ async fn handle(
             format!("{method} {path}"),
         ),
     };
-    let _ = changes.send(());
+    if method != Method::GET {
+        let _ = changes.send(());
+    }
     response
 }
 
@@ -533,7 +753,7 @@ fn list(target: &Target, params: &HashMap<String, String>, state: &Mutex<State>)
         .filter(|((c, ns, _), _)| {
             *c == target.collection && target.namespace.as_ref().is_none_or(|n| n == ns)
         })
-        .filter(|(_, o)| matches_labels(o, params.get("labelSelector")))
+        .filter(|(_, o)| matches_labels(&o["metadata"]["labels"], params.get("labelSelector")))
         .map(|(_, o)| o.clone())
         .collect();
     respond(
@@ -566,23 +786,22 @@ fn watch(
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let events: Vec<WatchEvent> = {
+            let lines: Vec<Bytes> = {
                 let state = state.lock().expect("state");
-                state
+                let start = state
                     .history
+                    .partition_point(|e| e.resource_version <= since);
+                since = state.resource_version;
+                state.history[start..]
                     .iter()
-                    .filter(|e| e.resource_version > since && e.collection == collection)
+                    .filter(|e| e.collection == collection)
                     .filter(|e| namespace.as_ref().is_none_or(|n| *n == e.namespace))
-                    .cloned()
+                    .filter(|e| matches_labels(&e.labels, selector.as_ref()))
+                    .map(|e| e.line.clone())
                     .collect()
             };
-            for event in events {
-                since = event.resource_version;
-                if !matches_labels(&event.object, selector.as_ref()) {
-                    continue;
-                }
-                let line = format!("{}\n", json!({"type": event.kind, "object": event.object}));
-                if sender.send(Bytes::from(line)).await.is_err() {
+            for line in lines {
+                if sender.send(line).await.is_err() {
                     return;
                 }
             }
@@ -606,7 +825,7 @@ fn watch(
     response
 }
 
-fn create(target: &Target, object: Value, state: &Mutex<State>) -> Response<Body> {
+fn create(target: &Target, object: Value, writer: &Writer, state: &Mutex<State>) -> Response<Body> {
     let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
         return status_body(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -623,6 +842,8 @@ fn create(target: &Target, object: Value, state: &Mutex<State>) -> Response<Body
             format!("{} {name:?} already exists", target.collection),
         );
     }
+    let fields = owned_fields(&object, false);
+    state.take_updated(&key, &writer.manager, &fields, fields.clone());
     let created = state.create(key, object);
     respond(StatusCode::CREATED, &created)
 }
@@ -633,21 +854,61 @@ fn stale(current: &Value, incoming: &Value) -> bool {
         .is_some_and(|rv| Some(rv) != current["metadata"]["resourceVersion"].as_str())
 }
 
-fn replace(target: &Target, name: &str, incoming: Value, state: &Mutex<State>) -> Response<Body> {
+fn conflict(target: &Target, name: &str) -> Response<Body> {
+    status_body(
+        StatusCode::CONFLICT,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
+            target.collection
+        ),
+    )
+}
+
+/// The fields of the written scope whose value differs between two versions.
+fn changed_fields(before: &Value, after: &Value, status: bool) -> BTreeSet<String> {
+    let mut fields = owned_fields(before, status);
+    fields.extend(owned_fields(after, status));
+    fields
+        .into_iter()
+        .filter(|field| before.pointer(field) != after.pointer(field))
+        .collect()
+}
+
+/// Stores an update (PUT or merge patch) and hands the fields it changed to its writer.
+fn store_update(
+    state: &mut State,
+    key: &Key,
+    current: &Value,
+    next: Value,
+    writer: &Writer,
+    status: bool,
+) -> Response<Body> {
+    let changed = changed_fields(current, &next, status);
+    let set: BTreeSet<String> = changed
+        .iter()
+        .filter(|field| next.pointer(field).is_some())
+        .cloned()
+        .collect();
+    state.take_updated(key, &writer.manager, &changed, set);
+    let updated = state.update(key, next);
+    respond(StatusCode::OK, &updated)
+}
+
+fn replace(
+    target: &Target,
+    name: &str,
+    incoming: Value,
+    writer: &Writer,
+    state: &Mutex<State>,
+) -> Response<Body> {
     let mut state = state.lock().expect("state");
     let key = key(target, name);
     let Some(current) = state.objects.get(&key).cloned() else {
         return not_found(target, name);
     };
     if stale(&current, &incoming) {
-        return status_body(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
-                target.collection
-            ),
-        );
+        return conflict(target, name);
     }
     let next = if target.status {
         let mut next = current.clone();
@@ -659,8 +920,80 @@ fn replace(target: &Target, name: &str, incoming: Value, state: &Mutex<State>) -
         drop_null_status(&mut next);
         next
     };
-    let updated = state.update(&key, next);
+    store_update(&mut state, &key, &current, next, writer, target.status)
+}
+
+/// Server-side apply of `applied` over `current` by `writer`.
+fn apply(
+    state: &mut State,
+    target: &Target,
+    key: &Key,
+    current: Value,
+    applied: &Value,
+    writer: &Writer,
+) -> Response<Body> {
+    let fields = owned_fields(applied, target.status);
+    if !writer.force {
+        let conflicts = state.conflicts(key, &writer.manager, &fields, &current, applied);
+        if !conflicts.is_empty() {
+            return status_body(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Apply failed with {} conflict(s): {}",
+                    conflicts.len(),
+                    conflicts.join(", ")
+                ),
+            );
+        }
+    }
+    let mut next = current.clone();
+    let mut scope = Value::Object(serde_json::Map::new());
+    for field in &fields {
+        if let Some(value) = applied.pointer(field) {
+            set_field(&mut scope, field, value.clone());
+        }
+    }
+    apply_merge(&mut next, &scope);
+    let changed: BTreeSet<String> = fields
+        .iter()
+        .filter(|field| current.pointer(field) != next.pointer(field))
+        .cloned()
+        .collect();
+    for dropped in state.take_applied(key, &writer.manager, &fields, target.status, &changed) {
+        remove_field(&mut next, &dropped);
+    }
+    drop_null_status(&mut next);
+    let updated = state.update(key, next);
     respond(StatusCode::OK, &updated)
+}
+
+/// Sets the field at a JSON pointer, creating the maps on the way.
+fn set_field(root: &mut Value, pointer: &str, value: Value) {
+    let mut node = root;
+    let parts: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let Some((last, parents)) = parts.split_last() else {
+        return;
+    };
+    for part in parents {
+        if !node.is_object() {
+            *node = Value::Object(serde_json::Map::new());
+        }
+        node = node
+            .as_object_mut()
+            .map(|map| map.entry(part.clone()).or_insert(Value::Null))
+            .expect("just made a map");
+    }
+    if !node.is_object() {
+        *node = Value::Object(serde_json::Map::new());
+    }
+    if let Some(map) = node.as_object_mut() {
+        map.insert(last.clone(), value);
+    }
 }
 
 fn patch_object(
@@ -668,6 +1001,7 @@ fn patch_object(
     name: &str,
     content_type: &str,
     patch: Value,
+    writer: &Writer,
     state: &Mutex<State>,
 ) -> Response<Body> {
     let mut state = state.lock().expect("state");
@@ -676,57 +1010,43 @@ fn patch_object(
     let is_apply = content_type.starts_with("application/apply-patch");
     let Some(current) = current else {
         if is_apply && !target.status {
-            let created = state.create(key, patch);
+            let mut object = Value::Object(serde_json::Map::new());
+            let fields = owned_fields(&patch, false);
+            for field in &fields {
+                if let Some(value) = patch.pointer(field) {
+                    set_field(&mut object, field, value.clone());
+                }
+            }
+            object["apiVersion"] = patch["apiVersion"].clone();
+            object["kind"] = patch["kind"].clone();
+            state.take_applied(&key, &writer.manager, &fields, false, &fields);
+            let created = state.create(key, object);
             return respond(StatusCode::CREATED, &created);
         }
         return not_found(target, name);
     };
     if stale(&current, &patch) {
-        return status_body(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!("{} {name:?} has been modified", target.collection),
-        );
+        return conflict(target, name);
     }
-    let mut next = current.clone();
-    if target.status {
-        if is_apply {
-            next["status"] = patch["status"].clone();
-        } else {
-            merge(&mut next["status"], &patch["status"]);
-        }
-    } else if is_apply {
-        // One field manager: the applied object's top-level fields replace the stored ones.
-        if let (Some(next_map), Some(patch_map)) = (next.as_object_mut(), patch.as_object()) {
-            for (field, value) in patch_map {
-                match field.as_str() {
-                    "status" => {}
-                    "metadata" => {
-                        for part in ["labels", "annotations", "ownerReferences", "finalizers"] {
-                            if let Some(value) = value.get(part) {
-                                next_map.entry("metadata").or_insert(json!({}))[part] =
-                                    value.clone();
-                            }
-                        }
-                    }
-                    _ => {
-                        next_map.insert(field.clone(), value.clone());
-                    }
-                }
-            }
-        }
-    } else if content_type.contains("merge-patch") {
-        let status = next["status"].clone();
-        merge(&mut next, &patch);
-        next["status"] = status;
-        drop_null_status(&mut next);
-    } else {
+    if is_apply {
+        return apply(&mut state, target, &key, current, &patch, writer);
+    }
+    if !content_type.contains("merge-patch") {
         return status_body(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
             content_type.to_owned(),
         );
     }
-    let updated = state.update(&key, next);
-    respond(StatusCode::OK, &updated)
+    // Strategic merge is treated as JSON merge: enough for the maps and scalars written here.
+    let mut next = current.clone();
+    if target.status {
+        merge(&mut next["status"], &patch["status"]);
+    } else {
+        let status = next["status"].clone();
+        merge(&mut next, &patch);
+        next["status"] = status;
+    }
+    drop_null_status(&mut next);
+    store_update(&mut state, &key, &current, next, writer, target.status)
 }

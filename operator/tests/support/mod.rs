@@ -1,3 +1,7 @@
-//! Test-only helpers: the Kubernetes API double and ways to wait on it.
+//! Test-only helpers: the Kubernetes API double, and the operator binary run against it.
+//! Each test target (and the benchmark) uses a different part of them.
 
+#[allow(dead_code)]
 pub mod apiserver;
+#[allow(dead_code)]
+pub mod operator_process;
