@@ -34,6 +34,38 @@ pub fn pdf(marker: &str, min_size: usize) -> Vec<u8> {
     out
 }
 
+/// A PDF of `pages` pages, each with its own content stream naming its page number.
+pub fn multi_page_pdf(pages: usize) -> Vec<u8> {
+    let kids: Vec<String> = (0..pages).map(|n| format!("{} 0 R", 3 + 2 * n)).collect();
+    let mut objects = vec![
+        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
+        format!(
+            "<< /Type /Pages /Kids [{}] /Count {pages} >>",
+            kids.join(" ")
+        ),
+    ];
+    for n in 0..pages {
+        let content = format!("BT /F1 24 Tf 72 720 Td (page {}) Tj ET", n + 1);
+        objects.push(format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents {} 0 R >>",
+            4 + 2 * n
+        ));
+        objects.push(format!(
+            "<< /Length {} >>\nstream\n{content}\nendstream",
+            content.len()
+        ));
+    }
+    let mut out = b"%PDF-1.4\n".to_vec();
+    let mut offsets = Vec::with_capacity(objects.len());
+    for (index, object) in objects.iter().enumerate() {
+        offsets.push(out.len());
+        out.extend_from_slice(format!("{} 0 obj\n{object}\nendobj\n", index + 1).as_bytes());
+    }
+    let xref_offset = out.len();
+    out.extend_from_slice(&xref_and_trailer(&offsets, xref_offset));
+    out
+}
+
 fn xref_and_trailer(offsets: &[usize], xref_offset: usize) -> Vec<u8> {
     let count = offsets.len() + 1;
     let mut table = format!("xref\n0 {count}\n0000000000 65535 f \n");

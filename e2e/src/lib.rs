@@ -2,6 +2,7 @@
 //! tested against (ippeveprinter, a raw 9100 sink, CUPS's cupsd and command-line clients),
 //! each a child process or task stopped when its guard drops.
 
+pub mod cluster;
 pub mod conformance;
 pub mod cups_cli;
 pub mod cupsd;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod ipp_client;
 pub mod ippeve;
 pub mod process;
+pub mod prometheus;
 pub mod sink;
 pub mod spooler;
 pub mod stats;

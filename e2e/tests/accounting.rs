@@ -1,8 +1,11 @@
 //! Accounting through the whole spooler: documents made here (multi-page PDF, PostScript,
 //! PWG raster) printed with copies, duplex and page ranges to `ippeveprinter`; the ledger
 //! (report JSON and CSV, over HTTP and from the command line) and `/metrics` agree to the
-//! cent; 50 simultaneous submissions against a quota never overspend it.
+//! cent, `/metrics` passes `promtool check metrics` and a real Prometheus scraping the
+//! spooler returns the same per-user cost; 50 simultaneous submissions against a quota never
+//! overspend it.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -13,8 +16,9 @@ use ipp::attribute::IppAttribute;
 use ipp::operation::builder::IppOperationBuilder;
 use ipp::payload::IppPayload;
 use ipp::value::IppValue;
-use printfleet_e2e::documents::{PwgType, postscript, pwg_raster};
+use printfleet_e2e::documents::{PwgType, multi_page_pdf, postscript, pwg_raster};
 use printfleet_e2e::process::wait_until;
+use printfleet_e2e::prometheus::{PrometheusServer, check_metrics};
 use printfleet_e2e::spooler::{config_yaml, printer_yaml, queue_yaml, spooler_binary};
 use printfleet_e2e::{IppConnection, IppEvePrinter, IppResponse, Spooler};
 
@@ -24,52 +28,6 @@ const ACCOUNT_LIMIT_REACHED: i16 = 0x041E;
 const ACCOUNT_INFO_NEEDED: i16 = 0x041C;
 /// client-error-account-authorization-failed.
 const ACCOUNT_AUTHORIZATION_FAILED: i16 = 0x041F;
-
-/// A PDF of `pages` pages (one content stream each).
-fn pdf_pages(pages: usize) -> Vec<u8> {
-    let mut objects = vec![
-        "<< /Type /Catalog /Pages 2 0 R >>".to_string(),
-        format!(
-            "<< /Type /Pages /Kids [{}] /Count {pages} >>",
-            (0..pages)
-                .map(|n| format!("{} 0 R", 3 + 2 * n))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
-    ];
-    for n in 0..pages {
-        let content = format!("BT /F1 24 Tf 72 720 Td (page {}) Tj ET", n + 1);
-        objects.push(format!(
-            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents {} 0 R >>",
-            4 + 2 * n
-        ));
-        objects.push(format!(
-            "<< /Length {} >>\nstream\n{content}\nendstream",
-            content.len()
-        ));
-    }
-    let mut out = b"%PDF-1.4\n".to_vec();
-    let mut offsets = Vec::new();
-    for (index, object) in objects.iter().enumerate() {
-        offsets.push(out.len());
-        out.extend_from_slice(format!("{} 0 obj\n{object}\nendobj\n", index + 1).as_bytes());
-    }
-    let xref = out.len();
-    out.extend_from_slice(
-        format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes(),
-    );
-    for offset in offsets {
-        out.extend_from_slice(format!("{offset:010} 00000 n \n").as_bytes());
-    }
-    out.extend_from_slice(
-        format!(
-            "trailer\n<< /Size {} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n",
-            objects.len() + 1
-        )
-        .as_bytes(),
-    );
-    out
-}
 
 fn policy_yaml(extra: &str) -> String {
     format!(
@@ -146,6 +104,34 @@ fn csv_line(csv: &str, key: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("no {key} line in\n{csv}"))
 }
 
+/// Per-user cost as a Prometheus server scraping the spooler every second reports it, once
+/// it reports every user of `expected` (or what it has after 30 s).
+fn cost_in_prometheus(
+    spooler_port: u16,
+    expected: &BTreeMap<String, i64>,
+) -> BTreeMap<String, i64> {
+    let mut prometheus =
+        PrometheusServer::start(&format!("127.0.0.1:{spooler_port}")).expect("prometheus");
+    let mut seen = BTreeMap::new();
+    let complete = wait_until(Duration::from_secs(30), || {
+        let samples = prometheus
+            .query("printfleet_cost_minor_units_total")
+            .unwrap_or_else(|error| panic!("{error}"));
+        seen = samples
+            .iter()
+            .filter(|sample| sample.labels.get("currency").map(String::as_str) == Some("EUR"))
+            .filter_map(|sample| Some((sample.labels.get("user")?.clone(), sample.value as i64)))
+            .collect();
+        expected.keys().all(|user| seen.contains_key(user))
+    });
+    assert!(
+        complete,
+        "Prometheus has {seen:?}; its log:\n{}",
+        prometheus.log()
+    );
+    seen
+}
+
 fn metric(metrics: &str, prefix: &str) -> Option<u64> {
     metrics
         .lines()
@@ -166,7 +152,7 @@ async fn priced_documents_reconcile_across_ledger_reports_and_metrics() {
     let pdf = Job {
         user: "alice",
         format: "application/pdf",
-        document: pdf_pages(3),
+        document: multi_page_pdf(3),
         attributes: vec![
             attribute("copies", IppValue::Integer(2)),
             attribute("job-account-id", name("client-a")),
@@ -231,6 +217,18 @@ async fn priced_documents_reconcile_across_ledger_reports_and_metrics() {
     };
     assert_eq!(cost("alice") as i64, amount(&alice));
     assert_eq!(cost("bob") as i64, amount(&bob));
+    if let Err(error) = check_metrics(&metrics) {
+        panic!("{error}\n{metrics}");
+    }
+    let ledger = BTreeMap::from([
+        ("alice".to_string(), amount(&alice)),
+        ("bob".to_string(), amount(&bob)),
+    ]);
+    assert_eq!(
+        cost_in_prometheus(spooler.port(), &ledger),
+        ledger,
+        "Prometheus's per-user cost is not the ledger's"
+    );
 
     // What the spooler estimated from the documents, to the cent (when the printer's own
     // counts agree, as they must for these documents, the totals are these).
@@ -284,7 +282,7 @@ async fn concurrent_submissions_never_overspend_a_quota() {
             let job = Job {
                 user: "carol",
                 format: "application/pdf",
-                document: pdf_pages(1),
+                document: multi_page_pdf(1),
                 attributes: vec![attribute("job-name", name(&format!("q{n}")))],
             };
             submit(&mut connection, &uri, job).await.raw_status
@@ -312,7 +310,7 @@ async fn concurrent_submissions_never_overspend_a_quota() {
         Job {
             user: "dave",
             format: "application/pdf",
-            document: pdf_pages(1),
+            document: multi_page_pdf(1),
             attributes: vec![attribute("job-account-id", name("client-z"))],
         },
     )
@@ -329,7 +327,7 @@ async fn concurrent_submissions_never_overspend_a_quota() {
         Job {
             user: "dave",
             format: "application/pdf",
-            document: pdf_pages(1),
+            document: multi_page_pdf(1),
             attributes: Vec::new(),
         },
     )

@@ -6,6 +6,10 @@
 //! against each, printing the figures side by side:
 //!
 //!     cargo run --release -p printfleet-e2e --bin loadgen -- bench --clients 32 --doc-size 65536 --seconds 10
+//!
+//! With `--accounting`, the spooler also runs a second time with an AccountingPolicy on its
+//! queue (prices and a per-user quota no run reaches), so admission's accounting cost (page
+//! counting, pricing, the atomic quota check and the ledger entry) shows side by side.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +47,9 @@ enum Mode {
     Bench {
         #[command(flatten)]
         load: Load,
+        /// Also bench the spooler with accounting on its queue, next to accounting off.
+        #[arg(long)]
+        accounting: bool,
     },
 }
 
@@ -183,66 +190,77 @@ fn format_option(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_string(), |value| format!("{value:.1}"))
 }
 
-fn print_comparison(load: Load, ours: &Figures, cups: &Figures) {
-    println!(
-        "\n{} clients, {} byte PDF, {} s per server (ratio = printfleet / cupsd)\n",
-        load.clients, load.doc_size, load.seconds
-    );
-    println!(
-        "{:<22}{:>14}{:>14}{:>10}",
-        "", "printfleet", "cupsd", "ratio"
-    );
-    let row = |label: &str, ours: Option<f64>, cups: Option<f64>| {
-        let ratio = match (ours, cups) {
-            (Some(ours), Some(cups)) if cups > 0.0 => format!("{:.2}x", ours / cups),
-            _ => "-".to_string(),
-        };
-        println!(
-            "{label:<22}{:>14}{:>14}{ratio:>10}",
-            format_option(ours),
-            format_option(cups)
-        );
-    };
-    row(
-        "accepted jobs/s",
-        Some(ours.accepted_per_second()),
-        Some(cups.accepted_per_second()),
-    );
-    row(
-        "delivered jobs/s",
-        ours.delivered_per_second(),
-        cups.delivered_per_second(),
-    );
-    row(
-        "p50 latency ms",
-        ours.latency_ms(50.0),
-        cups.latency_ms(50.0),
-    );
-    row(
-        "p99 latency ms",
-        ours.latency_ms(99.0),
-        cups.latency_ms(99.0),
-    );
-    row(
-        "failed submissions",
-        Some(ours.errors as f64),
-        Some(cups.errors as f64),
-    );
-    let mib = |kib: Option<u64>| kib.map(|kib| kib as f64 / 1024.0);
-    row("RSS MiB (end)", mib(ours.rss_kib), mib(cups.rss_kib));
-    row(
-        "peak RSS MiB",
-        mib(ours.peak_rss_kib),
-        mib(cups.peak_rss_kib),
-    );
+/// A column of the comparison: a server's name and what its run measured.
+struct Column {
+    name: &'static str,
+    figures: Figures,
 }
 
-async fn bench_spooler(load: Load) -> anyhow::Result<Figures> {
+/// A ratio column: (heading, index of the numerator column, index of the denominator).
+type Ratio = (&'static str, usize, usize);
+
+fn print_comparison(load: Load, columns: &[Column], ratios: &[Ratio]) {
+    println!(
+        "\n{} clients, {} byte PDF, {} s per server\n",
+        load.clients, load.doc_size, load.seconds
+    );
+    let mut heading = format!("{:<22}", "");
+    for column in columns {
+        heading.push_str(&format!("{:>14}", column.name));
+    }
+    for (name, _, _) in ratios {
+        heading.push_str(&format!("{name:>18}"));
+    }
+    println!("{heading}");
+    let row = |label: &str, value: &dyn Fn(&Figures) -> Option<f64>| {
+        let values: Vec<Option<f64>> = columns.iter().map(|c| value(&c.figures)).collect();
+        let mut line = format!("{label:<22}");
+        for value in &values {
+            line.push_str(&format!("{:>14}", format_option(*value)));
+        }
+        for &(_, numerator, denominator) in ratios {
+            let ratio = match (values[numerator], values[denominator]) {
+                (Some(numerator), Some(denominator)) if denominator > 0.0 => {
+                    format!("{:.2}x", numerator / denominator)
+                }
+                _ => "-".to_string(),
+            };
+            line.push_str(&format!("{ratio:>18}"));
+        }
+        println!("{line}");
+    };
+    row("accepted jobs/s", &|f| Some(f.accepted_per_second()));
+    row("delivered jobs/s", &Figures::delivered_per_second);
+    row("p50 latency ms", &|f| f.latency_ms(50.0));
+    row("p99 latency ms", &|f| f.latency_ms(99.0));
+    row("failed submissions", &|f| Some(f.errors as f64));
+    let mib = |kib: Option<u64>| kib.map(|kib| kib as f64 / 1024.0);
+    row("RSS MiB (end)", &|f| mib(f.rss_kib));
+    row("peak RSS MiB", &|f| mib(f.peak_rss_kib));
+}
+
+/// The bench queue's AccountingPolicy with `--accounting`: every price set, and a per-user
+/// quota far beyond what a run spends, so every admission prices the document and checks
+/// the quota but none is refused.
+const BENCH_POLICY: &str = "apiVersion: printfleet.io/v1alpha1\nkind: AccountingPolicy\nmetadata:\n  name: bench\nspec:\n  currency: EUR\n  prices:\n    monoImpression: \"0.05\"\n    colorImpression: \"0.20\"\n    perJob: \"0.10\"\n    duplexFactor: \"0.8\"\n  quotas:\n    - allUsers: true\n      period: day\n      maxAmount: \"1000000000.00\"\n      action: reject\n";
+
+/// Benches the spooler printing to a raw sink, with `policy` (an AccountingPolicy document
+/// named `bench`) on its queue when given.
+async fn bench_spooler(load: Load, policy: Option<&str>) -> anyhow::Result<Figures> {
     let sink = RawSink::start(0).await?;
-    let config = config_yaml(&[
-        printer_yaml("bench-sink", &sink.uri()),
-        queue_yaml("bench", &["bench-sink"], ""),
-    ]);
+    let mut documents = vec![printer_yaml("bench-sink", &sink.uri())];
+    match policy {
+        Some(policy) => {
+            documents.push(queue_yaml(
+                "bench",
+                &["bench-sink"],
+                "  accountingPolicy: bench\n",
+            ));
+            documents.push(policy.to_string());
+        }
+        None => documents.push(queue_yaml("bench", &["bench-sink"], "")),
+    }
+    let config = config_yaml(&documents);
     let spooler = tokio::task::block_in_place(|| Spooler::start(&config))?;
     let (latencies, errors, elapsed) = generate(&spooler.queue_uri("bench"), load).await?;
     let delivered = sink.completed_jobs();
@@ -298,15 +316,32 @@ async fn main() -> anyhow::Result<()> {
                 .map(|(dir, before)| delivered_files(dir).len().saturating_sub(before));
             print_single(&figures(latencies, errors, elapsed, delivered, None));
         }
-        Mode::Bench { load } => {
+        Mode::Bench { load, accounting } => {
             if load.clients == 0 {
                 bail!("--clients must be at least 1");
             }
-            let ours = bench_spooler(load)
-                .await
-                .context("benchmarking printfleet")?;
-            let cups = bench_cupsd(load).await.context("benchmarking cupsd")?;
-            print_comparison(load, &ours, &cups);
+            let mut columns = vec![Column {
+                name: "printfleet",
+                figures: bench_spooler(load, None)
+                    .await
+                    .context("benchmarking printfleet")?,
+            }];
+            let mut ratios: Vec<Ratio> = Vec::new();
+            if accounting {
+                columns.push(Column {
+                    name: "+accounting",
+                    figures: bench_spooler(load, Some(BENCH_POLICY))
+                        .await
+                        .context("benchmarking printfleet with accounting")?,
+                });
+                ratios.push(("accounting/off", 1, 0));
+            }
+            columns.push(Column {
+                name: "cupsd",
+                figures: bench_cupsd(load).await.context("benchmarking cupsd")?,
+            });
+            ratios.push(("printfleet/cupsd", 0, columns.len() - 1));
+            print_comparison(load, &columns, &ratios);
         }
     }
     Ok(())
