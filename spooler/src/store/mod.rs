@@ -33,6 +33,7 @@ pub(crate) mod contract;
 pub mod documents;
 pub mod object;
 pub mod postgres;
+mod rules;
 pub mod spool;
 pub mod sqlite;
 #[cfg(test)]

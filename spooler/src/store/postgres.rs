@@ -12,7 +12,7 @@
 //! `StoreError::Unavailable`; the pool drops dead connections and opens new ones by
 //! itself once the server is back.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,18 +22,16 @@ use deadpool_postgres::{
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row};
 
-use super::sqlite::{Fence, fence, finished, initial_state, user_transition};
+use super::rules::{
+    Fence, REASON_INCOMING, REASON_PRINTING, action_name, fence, finished, initial_state, now,
+    state_range, user_transition,
+};
 use super::{JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs};
 use crate::accounting::ledger::{Admission, EntryKind, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::QuotaDecision;
 use crate::job::{
     Claimer, DocumentBody, DocumentInfo, Job, JobId, JobState, JobTicket, NewDocument, NewJob,
 };
-
-/// `job-state-reasons` keywords this store sets itself (the others come from the shared
-/// transition functions).
-const REASON_INCOMING: &str = "job-incoming";
-const REASON_PRINTING: &str = "job-printing";
 
 /// Schema migrations; `schema_migrations` records each one applied, by its 1-based number.
 const MIGRATIONS: &[&str] = &[
@@ -801,37 +799,6 @@ fn json_column<T: serde::de::DeserializeOwned>(row: &Row, column: usize) -> Resu
 
 fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Internal(format!("encoding: {e}")))
-}
-
-/// The range of IPP state values a `which-jobs` selects.
-fn state_range(which: WhichJobs) -> (i32, i32) {
-    match which {
-        WhichJobs::NotCompleted => (
-            JobState::Pending.as_i32(),
-            JobState::ProcessingStopped.as_i32(),
-        ),
-        WhichJobs::Completed => (JobState::Canceled.as_i32(), JobState::Completed.as_i32()),
-        WhichJobs::All => (JobState::Pending.as_i32(), JobState::Completed.as_i32()),
-    }
-}
-
-/// The operation name a refusal reports.
-fn action_name(action: UserAction) -> &'static str {
-    match action {
-        UserAction::Cancel => "cancel-job",
-        UserAction::Hold => "hold-job",
-        UserAction::Release => "release-job",
-    }
-}
-
-/// Now, as unix seconds and unix milliseconds (this pod's clock, as the dispatcher's
-/// `retry_at_ms` is).
-fn now() -> (i64, i64) {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    (millis / 1000, millis)
 }
 
 impl From<tokio_postgres::Error> for StoreError {
