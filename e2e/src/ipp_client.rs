@@ -190,6 +190,38 @@ impl IppConnection {
         self.send(operation, None).await
     }
 
+    /// Waits until every job (by submission number) reads `completed` (job-state 9),
+    /// allowing `timeout` for each; the error names the first job that did not and what
+    /// it read instead.
+    pub async fn wait_until_completed(
+        &mut self,
+        jobs: &std::collections::BTreeMap<usize, i32>,
+        user: &str,
+        timeout: std::time::Duration,
+    ) -> std::result::Result<(), String> {
+        for (submission, job_id) in jobs {
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let response = self
+                    .get_job_attributes(*job_id, user)
+                    .await
+                    .map_err(|error| format!("submission {submission} (job {job_id}): {error}"))?;
+                let state = response.integer("job-state");
+                if state == Some(9) {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "submission {submission} (job {job_id}) is not completed: status {:#06x}, job-state {state:?}",
+                        response.raw_status
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Get-Printer-Attributes for the named attributes.
     pub async fn get_printer_attributes(&mut self, names: &[&str]) -> Result<IppResponse> {
         let operation = IppOperationBuilder::get_printer_attributes(self.printer_uri.clone())

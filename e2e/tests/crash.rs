@@ -147,21 +147,11 @@ async fn kill_9_mid_burst_loses_no_acknowledged_job() {
 
     // The store's view after the restart: every acknowledged job completed.
     let mut client = IppConnection::new(&uri).unwrap();
-    for (submission, job_id) in &acked {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let response = client.get_job_attributes(*job_id, USER).await.unwrap();
-            let state = response.integer("job-state");
-            if state == Some(9) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "submission {submission} (job {job_id}) did not complete after the restart: status {:#06x}, job-state {state:?}",
-                response.raw_status
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    if let Err(problem) = client
+        .wait_until_completed(&acked, USER, Duration::from_secs(30))
+        .await
+    {
+        panic!("{problem} (after the restart)");
     }
     // Give a wrong extra delivery time to show up before judging.
     tokio::time::sleep(Duration::from_secs(1)).await;
