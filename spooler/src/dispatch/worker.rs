@@ -14,6 +14,7 @@ use super::{DispatchSettings, now_millis, stopped};
 use crate::accounting;
 use crate::app::App;
 use crate::backend::{self, Backend, BackendError, Delivery, OutgoingDocument, OutgoingJob};
+use crate::config::Config;
 use crate::job::{Claimer, Job, JobId, JobState};
 use crate::store::{Outcome, StoreError};
 
@@ -154,6 +155,9 @@ impl PrinterWorker {
     ) -> ServeEnd {
         let mut healthy_at = Instant::now();
         let app = self.app.clone();
+        // The queues this printer serves change only with the configuration: computed
+        // once per configuration, not on every look for work.
+        let mut served: Option<(Arc<Config>, Vec<String>)> = None;
         loop {
             if self.is_stopped() {
                 return ServeEnd::Stopped;
@@ -166,13 +170,21 @@ impl PrinterWorker {
             let woken = app.dispatch.woken();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let queues = app
-                .config()
-                .queues_of_printer(&self.name, app.settings.shard.as_deref());
+            let config = app.config();
+            if !served
+                .as_ref()
+                .is_some_and(|(seen, _)| Arc::ptr_eq(seen, &config))
+            {
+                let queues = config.queues_of_printer(&self.name, app.settings.shard.as_deref());
+                served = Some((config, queues));
+            }
+            let queues = served
+                .as_ref()
+                .map_or(&[][..], |(_, queues)| queues.as_slice());
             if !queues.is_empty() {
                 match app
                     .store
-                    .claim_next(&queues, &self.name, &self.claimer)
+                    .claim_next(queues, &self.name, &self.claimer)
                     .await
                 {
                     Ok(Some(job)) => {
