@@ -71,6 +71,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE epochs (claimer_id TEXT PRIMARY KEY, epoch INTEGER NOT NULL) WITHOUT ROWID;
 ",
     ledger::MIGRATION,
+    ledger::QUOTA_TOTALS_MIGRATION,
 ];
 
 mod ledger;

@@ -3,8 +3,13 @@
 //!
 //! `(job_id, kind)` is unique, and so is `job_id` among closing entries (settlement or
 //! refund): `INSERT OR IGNORE` makes every recording idempotent.
+//!
+//! Quota sums are kept running in `quota_totals`, one row per scope, currency and period:
+//! a row is seeded from the ledger the first time a quota asks for it, and a trigger adds
+//! every later ledger entry to the rows it falls in, in the same transaction. Checking a
+//! quota is then a point lookup, however long the ledger grows.
 
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{conversion_error, json_column, to_json};
 use crate::accounting::ledger::{Admission, EntryKind, LedgerEntry, LedgerQuery};
@@ -38,6 +43,32 @@ pub(super) const MIGRATION: &str = "
     CREATE INDEX ledger_by_time ON ledger (at_ms);
 ";
 
+/// The schema migration that adds the running quota sums. Rows are a cache of ledger sums:
+/// any row may be deleted at any time (it is seeded again from the ledger when needed).
+pub(super) const QUOTA_TOTALS_MIGRATION: &str = "
+    CREATE TABLE quota_totals (
+        scope_kind TEXT NOT NULL CHECK (scope_kind IN ('user', 'group')),
+        scope TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        period_start INTEGER NOT NULL,
+        period_end INTEGER NOT NULL,
+        amount INTEGER NOT NULL,
+        impressions INTEGER NOT NULL,
+        PRIMARY KEY (scope_kind, scope, currency, period_start, period_end)
+    ) WITHOUT ROWID;
+    CREATE INDEX quota_totals_by_end ON quota_totals (period_end);
+    CREATE TRIGGER ledger_entries_add_to_quota_totals AFTER INSERT ON ledger BEGIN
+        UPDATE quota_totals
+        SET amount = amount + NEW.amount, impressions = impressions + NEW.impressions
+        WHERE scope_kind = 'user' AND scope = NEW.user_name AND currency = NEW.currency
+          AND period_start <= NEW.at_ms AND period_end > NEW.at_ms;
+        UPDATE quota_totals
+        SET amount = amount + NEW.amount, impressions = impressions + NEW.impressions
+        WHERE scope_kind = 'group' AND scope IN (SELECT value FROM json_each(NEW.user_groups))
+          AND currency = NEW.currency AND period_start <= NEW.at_ms AND period_end > NEW.at_ms;
+    END;
+";
+
 /// Columns in the order `entry_from_row` reads them; `printer` of an estimate is the
 /// printer of its job's settlement when there is one.
 const SELECT_ENTRIES: &str = "SELECT l.job_id, l.kind, l.at_ms, l.queue, \
@@ -46,8 +77,8 @@ const SELECT_ENTRIES: &str = "SELECT l.job_id, l.kind, l.at_ms, l.queue, \
      l.user_name, l.user_groups, l.account, l.impressions, l.sheets, l.color, l.amount, \
      l.currency, l.flagged FROM ledger l ";
 
-/// Sums the ledger for each quota and decides. `Reject` is an error (the caller's savepoint
-/// rolls the whole request back).
+/// Looks up each quota's running sum and decides. `Reject` is an error (the caller's
+/// savepoint rolls the whole request back).
 pub(super) fn decide(
     conn: &Connection,
     admission: &Admission,
@@ -57,30 +88,13 @@ pub(super) fn decide(
     }
     let mut spent = Spent::default();
     for quota in &admission.quotas {
-        let (start, end) = (
+        let (amount, impressions) = quota_total(
+            conn,
+            &quota.scope,
+            &admission.price.currency,
             quota.period.start.as_millisecond(),
             quota.period.end.as_millisecond(),
-        );
-        let currency = &admission.price.currency;
-        let (amount, impressions): (i64, i64) = match &quota.scope {
-            Scope::User(user) => conn
-                .prepare_cached(
-                    "SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(impressions), 0) FROM ledger \
-                     WHERE user_name = ?1 AND currency = ?2 AND at_ms >= ?3 AND at_ms < ?4",
-                )?
-                .query_row(params![user, currency, start, end], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?,
-            Scope::Group(group) => conn
-                .prepare_cached(
-                    "SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(impressions), 0) FROM ledger \
-                     WHERE currency = ?2 AND at_ms >= ?3 AND at_ms < ?4 \
-                       AND EXISTS (SELECT 1 FROM json_each(user_groups) WHERE value = ?1)",
-                )?
-                .query_row(params![group, currency, start, end], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?,
-        };
+        )?;
         spent.set(
             quota.scope.clone(),
             quota.period,
@@ -96,6 +110,56 @@ pub(super) fn decide(
         QuotaDecision::Reject(tripped) => Err(StoreError::QuotaExceeded(tripped)),
         decision => Ok(decision),
     }
+}
+
+/// The amount and impressions `scope` spent in `currency` during `[start, end)`: the running
+/// row when there is one, otherwise the ledger's sum, which then seeds the row (and rows of
+/// periods that have ended are dropped: nothing asks for them in the normal course).
+fn quota_total(
+    conn: &Connection,
+    scope: &Scope,
+    currency: &str,
+    start: i64,
+    end: i64,
+) -> Result<(i64, i64), StoreError> {
+    let (kind, name) = match scope {
+        Scope::User(user) => ("user", user),
+        Scope::Group(group) => ("group", group),
+    };
+    let running = conn
+        .prepare_cached(
+            "SELECT amount, impressions FROM quota_totals WHERE scope_kind = ?1 AND scope = ?2 \
+             AND currency = ?3 AND period_start = ?4 AND period_end = ?5",
+        )?
+        .query_row(params![kind, name, currency, start, end], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    if let Some(totals) = running {
+        return Ok(totals);
+    }
+    let sum = match scope {
+        Scope::User(_) => conn.prepare_cached(
+            "SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(impressions), 0) FROM ledger \
+             WHERE user_name = ?1 AND currency = ?2 AND at_ms >= ?3 AND at_ms < ?4",
+        )?,
+        Scope::Group(_) => conn.prepare_cached(
+            "SELECT COALESCE(SUM(amount), 0), COALESCE(SUM(impressions), 0) FROM ledger \
+             WHERE currency = ?2 AND at_ms >= ?3 AND at_ms < ?4 \
+               AND EXISTS (SELECT 1 FROM json_each(user_groups) WHERE value = ?1)",
+        )?,
+    }
+    .query_row(params![name, currency, start, end], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })?;
+    conn.prepare_cached("DELETE FROM quota_totals WHERE period_end <= ?1")?
+        .execute([super::now_ms()])?;
+    conn.prepare_cached(
+        "INSERT INTO quota_totals (scope_kind, scope, currency, period_start, period_end, \
+         amount, impressions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![kind, name, currency, start, end, sum.0, sum.1])?;
+    Ok(sum)
 }
 
 /// Inserts `entry` unless the job already has one of its kind (or, for a closing entry,
@@ -204,4 +268,136 @@ fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
         currency: row.get(12)?,
         flagged: row.get(13)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::now_ms;
+    use super::*;
+
+    const HOUR_MS: i64 = 3_600_000;
+
+    fn ledger() -> Connection {
+        let mut conn = Connection::open_in_memory().expect("in-memory database");
+        super::super::migrate(&mut conn).expect("schema");
+        conn
+    }
+
+    struct Spend<'a> {
+        job: JobId,
+        kind: EntryKind,
+        at_ms: i64,
+        user: &'a str,
+        groups: &'a [&'a str],
+        amount: i64,
+        impressions: i64,
+        currency: &'a str,
+    }
+
+    fn record(conn: &Connection, spend: Spend<'_>) {
+        let entry = LedgerEntry {
+            job: spend.job,
+            kind: spend.kind,
+            at_ms: spend.at_ms,
+            queue: "office".into(),
+            printer: None,
+            user: spend.user.into(),
+            groups: spend.groups.iter().map(|group| (*group).into()).collect(),
+            account: None,
+            impressions: spend.impressions,
+            sheets: spend.impressions,
+            color: false,
+            amount: spend.amount,
+            currency: spend.currency.into(),
+            flagged: false,
+        };
+        assert!(insert(conn, &entry).expect("insert"), "recorded once");
+    }
+
+    fn estimate<'a>(
+        job: JobId,
+        at_ms: i64,
+        user: &'a str,
+        groups: &'a [&'a str],
+        amount: i64,
+    ) -> Spend<'a> {
+        Spend {
+            job,
+            kind: EntryKind::Estimate,
+            at_ms,
+            user,
+            groups,
+            amount,
+            impressions: 1,
+            currency: "EUR",
+        }
+    }
+
+    #[test]
+    fn running_totals_follow_every_entry_and_agree_with_the_ledger() {
+        let conn = ledger();
+        let (start, end) = (now_ms() + HOUR_MS, now_ms() + 3 * HOUR_MS);
+        let alice = Scope::User("alice".into());
+        let staff = Scope::Group("staff".into());
+        let total = |scope: &Scope| quota_total(&conn, scope, "EUR", start, end).expect("sum");
+
+        // Before the first lookup: the row is seeded from the ledger.
+        record(&conn, estimate(1, start + 1, "alice", &["staff"], 10));
+        record(&conn, estimate(2, start + 2, "bob", &["staff"], 7));
+        assert_eq!(total(&alice), (10, 1));
+        assert_eq!(total(&staff), (17, 2));
+
+        // After it: the trigger keeps the rows running.
+        record(&conn, estimate(3, start + 3, "alice", &["staff"], 6));
+        record(
+            &conn,
+            Spend {
+                kind: EntryKind::Settlement,
+                amount: -3,
+                impressions: 0,
+                ..estimate(3, start + 4, "alice", &["staff"], 0)
+            },
+        );
+        refund(&conn, 1, None, start + 5).expect("refund");
+        record(
+            &conn,
+            estimate(4, start + 6, "carol", &["print", "staff"], 4),
+        );
+        // Outside the period, in another currency, or rolled back: not counted.
+        record(&conn, estimate(5, end, "alice", &["staff"], 100));
+        record(
+            &conn,
+            Spend {
+                currency: "USD",
+                ..estimate(6, start + 7, "alice", &["staff"], 50)
+            },
+        );
+        conn.execute_batch("SAVEPOINT request").expect("savepoint");
+        record(&conn, estimate(7, start + 8, "alice", &["staff"], 1000));
+        conn.execute_batch("ROLLBACK TO request; RELEASE request")
+            .expect("rollback");
+
+        let running = (total(&alice), total(&staff));
+        assert_eq!(running, ((6 - 3, 1), (6 - 3 + 7 + 4, 3)));
+        conn.execute("DELETE FROM quota_totals", [])
+            .expect("drop rows");
+        assert_eq!(
+            (total(&alice), total(&staff)),
+            running,
+            "reseeded from the ledger"
+        );
+    }
+
+    #[test]
+    fn rows_of_ended_periods_are_dropped_when_a_new_row_is_seeded() {
+        let conn = ledger();
+        let now = now_ms();
+        let alice = Scope::User("alice".into());
+        quota_total(&conn, &alice, "EUR", now - 2 * HOUR_MS, now - HOUR_MS).expect("old period");
+        quota_total(&conn, &alice, "EUR", now - HOUR_MS, now + HOUR_MS).expect("this period");
+        let rows: i64 = conn
+            .query_row("SELECT COUNT(*) FROM quota_totals", [], |row| row.get(0))
+            .expect("count");
+        assert_eq!(rows, 1);
+    }
 }
