@@ -44,6 +44,21 @@ impl IppResponse {
                 _ => None,
             })
     }
+
+    /// Every keyword value of `name`, in all groups (e.g. one per job of Get-Jobs).
+    pub fn keywords(&self, name: &str) -> Vec<String> {
+        self.response
+            .attributes()
+            .groups()
+            .iter()
+            .filter_map(|group| group.get(name))
+            .flat_map(|attribute| attribute.value().into_iter())
+            .filter_map(|value| match value {
+                ipp::value::IppValue::Keyword(keyword) => Some(keyword.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// One HTTP/1.1 connection to an IPP server; reconnects after a failure.
@@ -108,7 +123,16 @@ impl IppConnection {
         operation: impl IppOperation,
         document: Option<Bytes>,
     ) -> Result<IppResponse> {
-        let mut request: IppRequestResponse = operation.into_ipp_request();
+        self.send_request(operation.into_ipp_request(), document)
+            .await
+    }
+
+    /// Sends one IPP request as it is (with a new request id) and parses the reply.
+    pub async fn send_request(
+        &mut self,
+        mut request: IppRequestResponse,
+        document: Option<Bytes>,
+    ) -> Result<IppResponse> {
         request.header_mut().request_id = self.next_request_id;
         self.next_request_id += 1;
         let mut body = request.to_bytes().to_vec();
@@ -220,6 +244,40 @@ impl IppConnection {
             }
         }
         Ok(())
+    }
+
+    /// Get-Jobs of every user's completed jobs, with the named job attributes.
+    pub async fn get_completed_jobs(&mut self, names: &[&str]) -> Result<IppResponse> {
+        use ipp::attribute::IppAttribute;
+        use ipp::model::DelimiterTag;
+        use ipp::value::{BoundedString, IppValue};
+        let operation = IppOperationBuilder::get_jobs(self.printer_uri.clone())
+            .build()
+            .map_err(|error| HarnessError::Ipp(error.to_string()))?;
+        let mut request = operation.into_ipp_request();
+        let keywords = |values: &[&str]| {
+            IppValue::Array(
+                values
+                    .iter()
+                    .map(|value| IppValue::Keyword(BoundedString::new_truncated(*value)))
+                    .collect(),
+            )
+        };
+        for attribute in [
+            IppAttribute::new(
+                BoundedString::new_truncated("which-jobs"),
+                keywords(&["completed"]),
+            ),
+            IppAttribute::new(
+                BoundedString::new_truncated("requested-attributes"),
+                keywords(names),
+            ),
+        ] {
+            request
+                .attributes_mut()
+                .add(DelimiterTag::OperationAttributes, attribute);
+        }
+        self.send_request(request, None).await
     }
 
     /// Get-Printer-Attributes for the named attributes.

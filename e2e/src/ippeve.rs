@@ -101,11 +101,21 @@ pub struct IppEvePrinter {
     spool: TempDir,
     name: String,
     port: u16,
+    two_sided: bool,
     _dnssd: Arc<DnsSd>,
 }
 
 impl IppEvePrinter {
     pub fn start(name: &str) -> Result<IppEvePrinter> {
+        Self::launch(name, false)
+    }
+
+    /// A printer that also prints on both sides (`sides` two-sided-long/short-edge).
+    pub fn start_two_sided(name: &str) -> Result<IppEvePrinter> {
+        Self::launch(name, true)
+    }
+
+    fn launch(name: &str, two_sided: bool) -> Result<IppEvePrinter> {
         let dnssd = DnsSd::acquire()?;
         let spool = tempfile::Builder::new()
             .prefix("printfleet-ippeve-")
@@ -116,6 +126,7 @@ impl IppEvePrinter {
             port: free_port()?,
             spool,
             process: None,
+            two_sided,
             _dnssd: dnssd,
         };
         printer.resume()?;
@@ -164,8 +175,11 @@ impl IppEvePrinter {
             .arg(self.port.to_string())
             .args(["-r", "off", "-d"])
             .arg(self.spool.path())
-            .args(["-f", FORMATS])
-            .arg(&self.name);
+            .args(["-f", FORMATS]);
+        if self.two_sided {
+            command.arg("-2");
+        }
+        command.arg(&self.name);
         let log = self.spool.path().join("ippeveprinter.log");
         let mut process = ChildGuard::spawn(format!("ippeveprinter {}", self.name), command, &log)?;
         let port = self.port;

@@ -35,9 +35,10 @@ fn policy_yaml(extra: &str) -> String {
     )
 }
 
+/// The office queue on one two-sided printer (`IppEvePrinter::start_two_sided`).
 fn config(printer_uri: &str, policy_extra: &str) -> String {
     config_yaml(&[
-        printer_yaml("eve", printer_uri),
+        printer_yaml("eve", printer_uri) + "  capabilities:\n    duplex: true\n",
         queue_yaml(
             "office",
             &["eve"],
@@ -142,13 +143,12 @@ fn metric(metrics: &str, prefix: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn priced_documents_reconcile_across_ledger_reports_and_metrics() {
-    let printer = IppEvePrinter::start("accounting").expect("ippeveprinter");
+    let printer = IppEvePrinter::start_two_sided("accounting").expect("ippeveprinter");
     let spooler = Spooler::start(&config(&printer.uri(), "")).expect("spooler");
     let uri = spooler.queue_uri("office");
     let mut connection = IppConnection::new(&uri).expect("client");
 
-    // 3 pages × 2 copies: 6 impressions at 0.05 + 0.10 = 0.40 (ippeveprinter does not
-    // duplex, so duplex pricing is covered by the pricing unit tests).
+    // 3 pages × 2 copies: 6 impressions at 0.05 + 0.10 = 0.40.
     let pdf = Job {
         user: "alice",
         format: "application/pdf",
@@ -175,8 +175,24 @@ async fn priced_documents_reconcile_across_ledger_reports_and_metrics() {
         document: pwg_raster(PwgType::Sgray8, 72, 595, 842, 2),
         attributes: vec![attribute("copies", IppValue::Integer(3))],
     };
+    // 3 pages × 2 copies on both sides: 6 impressions on 4 sheets (each copy starts on a
+    // new sheet), at 0.05 × 0.8 (the duplex factor) + 0.10 = 0.34.
+    let duplex = Job {
+        user: "carol",
+        format: "application/pdf",
+        document: multi_page_pdf(3),
+        attributes: vec![
+            attribute("copies", IppValue::Integer(2)),
+            attribute(
+                "sides",
+                IppValue::Keyword(ipp::value::BoundedString::new_truncated(
+                    "two-sided-long-edge",
+                )),
+            ),
+        ],
+    };
     let mut ids = Vec::new();
-    for job in [pdf, ps, raster] {
+    for job in [pdf, ps, raster, duplex] {
         let response = submit(&mut connection, &uri, job).await;
         assert!(response.is_success(), "status {:#06x}", response.raw_status);
         ids.push(response.integer("job-id").expect("job-id"));
@@ -184,7 +200,7 @@ async fn priced_documents_reconcile_across_ledger_reports_and_metrics() {
     let finished = wait_until(Duration::from_secs(60), || {
         let (_, csv) = http_get(spooler.port(), "/api/v1/reports/printer?format=csv");
         // Settled jobs are attributed to the printer.
-        csv.lines().any(|line| line.starts_with("eve,EUR,3,"))
+        csv.lines().any(|line| line.starts_with("eve,EUR,4,"))
     });
     assert!(finished, "jobs not settled; log:\n{}", spooler.log());
 
@@ -194,11 +210,16 @@ async fn priced_documents_reconcile_across_ledger_reports_and_metrics() {
     // report's totals are the ledger's and the metrics'.
     let alice = csv_line(&csv, "alice");
     let bob = csv_line(&csv, "bob");
+    let carol = csv_line(&csv, "carol");
     let total = csv_line(&csv, "*");
     assert_eq!(alice[1], "EUR");
     let amount = |fields: &[String]| fields[5].parse::<i64>().expect("amount_minor");
     let impressions = |fields: &[String]| fields[3].parse::<i64>().expect("impressions");
-    assert_eq!(amount(&alice) + amount(&bob), amount(&total));
+    let sheets = |fields: &[String]| fields[4].parse::<i64>().expect("sheets");
+    assert_eq!(
+        amount(&alice) + amount(&bob) + amount(&carol),
+        amount(&total)
+    );
     let (_, json) = http_get(spooler.port(), "/api/v1/reports/account");
     assert!(
         json.contains(&format!("\"amount_minor\": {}", amount(&total))),
@@ -217,12 +238,14 @@ async fn priced_documents_reconcile_across_ledger_reports_and_metrics() {
     };
     assert_eq!(cost("alice") as i64, amount(&alice));
     assert_eq!(cost("bob") as i64, amount(&bob));
+    assert_eq!(cost("carol") as i64, amount(&carol));
     if let Err(error) = check_metrics(&metrics) {
         panic!("{error}\n{metrics}");
     }
     let ledger = BTreeMap::from([
         ("alice".to_string(), amount(&alice)),
         ("bob".to_string(), amount(&bob)),
+        ("carol".to_string(), amount(&carol)),
     ]);
     assert_eq!(
         cost_in_prometheus(spooler.port(), &ledger),
@@ -241,6 +264,26 @@ async fn priced_documents_reconcile_across_ledger_reports_and_metrics() {
         (impressions(&bob), amount(&bob)),
         (6, 40),
         "bob: {bob:?}\n{csv}"
+    );
+    assert_eq!(
+        (impressions(&carol), sheets(&carol), amount(&carol)),
+        (6, 4, 34),
+        "carol: {carol:?}\n{csv}"
+    );
+    // The two-sided job reached the printer as two-sided.
+    let printed = IppConnection::new(&printer.uri())
+        .expect("client")
+        .get_completed_jobs(&["sides"])
+        .await
+        .expect("Get-Jobs on the printer");
+    let sides = printed.keywords("sides");
+    assert_eq!(
+        sides
+            .iter()
+            .filter(|sides| *sides == "two-sided-long-edge")
+            .count(),
+        1,
+        "the printer's jobs have sides {sides:?}"
     );
 
     // The command line reads the same ledger.
@@ -271,7 +314,7 @@ async fn priced_documents_reconcile_across_ledger_reports_and_metrics() {
 async fn concurrent_submissions_never_overspend_a_quota() {
     // Each job: 1 page, 0.15. The day allows 3.00: exactly 20 of 50 get in.
     let quota = "  quotas:\n    - user: carol\n      period: day\n      maxAmount: \"3.00\"\n      action: reject\n  billingCodes:\n    allowed: [client-a, client-b]\n";
-    let printer = IppEvePrinter::start("quota").expect("ippeveprinter");
+    let printer = IppEvePrinter::start_two_sided("quota").expect("ippeveprinter");
     let spooler = Spooler::start(&config(&printer.uri(), quota)).expect("spooler");
     let uri = spooler.queue_uri("office");
 
