@@ -2,8 +2,11 @@
 //!
 //! Every write goes through one writer thread that owns the only write connection. It takes
 //! every request waiting in its channel, applies each inside its own SAVEPOINT of a single
-//! transaction and commits once, so concurrent submissions share one fsync (group commit)
-//! while a request that fails never spoils its neighbours. Reads run on a small pool of
+//! transaction and commits once, so a request that fails never spoils its neighbours. The
+//! commit only writes the log (WAL); a second thread fsyncs it and then answers the requests
+//! that must survive a power loss, all those committed since its last fsync at once (group
+//! commit). The writer goes on with the next batch meanwhile, so the dispatcher's
+//! bookkeeping, which needs no fsync, never waits for one. Reads run on a small pool of
 //! read-only connections, which WAL lets proceed while the writer commits.
 
 use std::path::{Path, PathBuf};
@@ -95,11 +98,13 @@ macro_rules! select_jobs {
     };
 }
 
-/// A job store in one SQLite file (WAL, `synchronous=FULL`: a commit is durable).
+/// A job store in one SQLite file (WAL; a durable write is answered once the log is fsynced).
 pub struct SqliteJobStore {
     /// `None` only while dropping, so the writer thread sees the channel close.
     writer: Option<mpsc::Sender<Box<dyn WriteRequest>>>,
     writer_thread: Option<JoinHandle<()>>,
+    /// Ends after the writer (which holds its channel) has ended.
+    syncer_thread: Option<JoinHandle<()>>,
     /// Dropping it stops the checkpoint thread.
     checkpointer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     readers: Arc<ReadPool>,
@@ -112,17 +117,28 @@ impl SqliteJobStore {
         let mut conn = Connection::open(path)?;
         configure_writer(&conn)?;
         migrate(&mut conn)?;
+        // From here on commits only write the log; the syncer thread fsyncs it.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         let (writer, requests) = mpsc::channel();
+        let (syncer, committed) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
         let writer_commits = commits.clone();
         let checkpointer = start_checkpointer(path)?;
+        let mut log = path.as_os_str().to_owned();
+        log.push("-wal");
+        let log = PathBuf::from(log);
+        let syncer_thread = std::thread::Builder::new()
+            .name("sqlite-syncer".into())
+            .spawn(move || run_syncer(&log, committed))
+            .map_err(|e| StoreError::Internal(format!("cannot start the syncer thread: {e}")))?;
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run_writer(conn, requests, &writer_commits))
+            .spawn(move || run_writer(conn, requests, &syncer, &writer_commits))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteJobStore {
             writer: Some(writer),
             writer_thread: Some(writer_thread),
+            syncer_thread: Some(syncer_thread),
             checkpointer: Some(checkpointer),
             readers: Arc::new(ReadPool {
                 path: path.to_path_buf(),
@@ -132,14 +148,13 @@ impl SqliteJobStore {
         })
     }
 
-    /// Write transactions committed since `open` (one fsync each, however many requests
-    /// they carried).
+    /// Write transactions committed since `open` (however many requests each carried).
     pub fn commit_count(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
     }
 
     /// Run `work` on the writer thread inside the next group-committed transaction; the
-    /// answer arrives once that transaction is durable (fsynced).
+    /// answer arrives once that transaction is durable (its log fsynced).
     async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -200,10 +215,15 @@ impl Drop for SqliteJobStore {
         // Closing the channel lets the writer finish the requests already sent, then exit;
         // joining it means the file is quiet once the store is gone (a reopen sees all).
         self.writer.take();
-        if let Some(thread) = self.writer_thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the SQLite writer thread panicked");
+        for (thread, name) in [
+            (self.writer_thread.take(), "writer"),
+            (self.syncer_thread.take(), "syncer"),
+        ] {
+            if let Some(thread) = thread
+                && thread.join().is_err()
+            {
+                tracing::error!("the SQLite {name} thread panicked");
+            }
         }
         if let Some((stop, thread)) = self.checkpointer.take() {
             drop(stop);
@@ -301,10 +321,10 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// What a committed write must survive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Durability {
-    /// Power loss: the commit is fsynced (`synchronous=FULL`).
+    /// Power loss: answered once the log holding the commit is fsynced.
     Fsync,
-    /// The process being killed: the commit is in the WAL, in the OS page cache
-    /// (`synchronous=NORMAL`).
+    /// The process being killed: answered once the commit is in the log, in the OS page
+    /// cache.
     ProcessCrash,
 }
 
@@ -314,8 +334,9 @@ trait WriteRequest: Send {
     /// Apply the request on the batch's connection (inside its savepoint); false when it
     /// failed, so its savepoint is rolled back.
     fn apply(&mut self, conn: &Connection) -> bool;
-    /// Answer the caller once the batch is committed, or failed as a whole.
-    fn answer(self: Box<Self>, batch: Result<(), &rusqlite::Error>);
+    /// Answer the caller once its batch is committed (and, for [`Durability::Fsync`],
+    /// synced), or failed as a whole.
+    fn answer(self: Box<Self>, batch: Result<(), StoreError>);
 }
 
 struct Request<T, F> {
@@ -344,11 +365,11 @@ where
         applied
     }
 
-    fn answer(self: Box<Self>, batch: Result<(), &rusqlite::Error>) {
+    fn answer(self: Box<Self>, batch: Result<(), StoreError>) {
         let answer = match (self.result, batch) {
             (Some(Err(own)), _) => Err(own),
             (Some(Ok(value)), Ok(())) => Ok(value),
-            (_, Err(batch)) => Err(classify(batch)),
+            (_, Err(batch)) => Err(batch),
             (None, Ok(())) => Err(StoreError::Internal("write request not applied".into())),
         };
         // The caller may have gone away (its future dropped): nothing to tell then.
@@ -356,63 +377,66 @@ where
     }
 }
 
+/// Requests committed to the log that wait for its fsync.
+type Committed = Vec<Box<dyn WriteRequest>>;
+
 fn run_writer(
     mut conn: Connection,
     requests: mpsc::Receiver<Box<dyn WriteRequest>>,
+    syncer: &mpsc::Sender<Committed>,
     commits: &AtomicU64,
 ) {
-    let mut synchronous = Durability::Fsync;
     while let Ok(first) = requests.recv() {
-        let mut waiting = vec![first];
-        waiting.extend(requests.try_iter().take(MAX_BATCH - 1));
-        // The dispatcher's bookkeeping commits first, in its own transaction without
-        // fsync, so a printer is not kept waiting behind a large group commit of submissions.
-        let (relaxed, durable): (Vec<_>, Vec<_>) = waiting
+        let mut batch = vec![first];
+        batch.extend(requests.try_iter().take(MAX_BATCH - 1));
+        if let Err(error) = apply_batch(&mut conn, &mut batch) {
+            tracing::warn!(%error, requests = batch.len(), "SQLite batch failed");
+            for request in batch {
+                request.answer(Err(classify(&error)));
+            }
+            continue;
+        }
+        commits.fetch_add(1, Ordering::Relaxed);
+        let (durable, relaxed): (Committed, Committed) = batch
             .into_iter()
-            .partition(|request| request.durability() == Durability::ProcessCrash);
-        for (durability, batch) in [
-            (Durability::ProcessCrash, relaxed),
-            (Durability::Fsync, durable),
-        ] {
-            if !batch.is_empty() {
-                commit_batch(&mut conn, &mut synchronous, durability, batch, commits);
+            .partition(|request| request.durability() == Durability::Fsync);
+        for request in relaxed {
+            request.answer(Ok(()));
+        }
+        if !durable.is_empty()
+            && let Err(mpsc::SendError(durable)) = syncer.send(durable)
+        {
+            for request in durable {
+                request.answer(Err(StoreError::Unavailable(
+                    "the SQLite syncer thread has stopped".into(),
+                )));
             }
         }
     }
 }
 
-/// Commit one batch with the durability its requests need, then answer each of them.
-fn commit_batch(
-    conn: &mut Connection,
-    synchronous: &mut Durability,
-    durability: Durability,
-    mut batch: Vec<Box<dyn WriteRequest>>,
-    commits: &AtomicU64,
-) {
-    if durability != *synchronous {
-        let mode = match durability {
-            Durability::Fsync => "FULL",
-            Durability::ProcessCrash => "NORMAL",
-        };
-        match conn.pragma_update(None, "synchronous", mode) {
-            Ok(()) => *synchronous = durability,
-            Err(error) => tracing::warn!(%error, mode, "cannot change SQLite synchronous mode"),
+/// Fsyncs the log for every group of committed requests waiting (one fsync for all of
+/// them), then answers them. An fsync that fails leaves their durability unknown: each
+/// caller hears an error, never success.
+fn run_syncer(log: &Path, committed: mpsc::Receiver<Committed>) {
+    while let Ok(mut waiting) = committed.recv() {
+        for more in committed.try_iter() {
+            waiting.extend(more);
         }
-    }
-    // Staying at FULL is only slower; a durable request is never committed without fsync.
-    let outcome = if *synchronous == durability || *synchronous == Durability::Fsync {
-        apply_batch(conn, &mut batch)
-    } else {
-        Err(rusqlite::Error::InvalidQuery)
-    };
-    match &outcome {
-        Ok(()) => {
-            commits.fetch_add(1, Ordering::Relaxed);
+        // Opened each time: the log's inode is the one SQLite writes now. fsync flushes the
+        // file's data whichever descriptor asks.
+        let synced = std::fs::File::open(log).and_then(|file| file.sync_data());
+        if let Err(error) = &synced {
+            tracing::error!(%error, log = %log.display(), "cannot fsync the job store's log");
         }
-        Err(error) => tracing::warn!(%error, requests = batch.len(), "SQLite batch failed"),
-    }
-    for request in batch {
-        request.answer(outcome.as_ref().copied());
+        for request in waiting {
+            request.answer(match &synced {
+                Ok(()) => Ok(()),
+                Err(error) => Err(StoreError::Unavailable(format!(
+                    "cannot fsync the job store's log: {error}"
+                ))),
+            });
+        }
     }
 }
 
@@ -1040,7 +1064,10 @@ impl JobStore for SqliteJobStore {
                 entry.kind.keyword()
             )));
         }
-        self.write(move |conn| ledger::insert(conn, &entry)).await
+        // Bookkeeping after a completion, like the completion itself: one lost to a power
+        // loss is made again by the sweep of completed, unsettled jobs at the next start.
+        self.write_relaxed(move |conn| ledger::insert(conn, &entry))
+            .await
     }
 
     async fn ledger(&self, query: &LedgerQuery) -> Result<Vec<LedgerEntry>, StoreError> {
@@ -1148,7 +1175,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn relaxed_and_durable_requests_commit_separately_and_both_answer() {
+    async fn relaxed_and_durable_requests_both_answer_and_survive_a_reopen() {
         let backend = SqliteBackend::new();
         let store = SqliteJobStore::open(&backend.path()).expect("open");
         let job = store.create_job(new_job("alice")).await.expect("create");
@@ -1207,7 +1234,7 @@ mod tests {
         let outcome = apply_batch(&mut conn, &mut batch);
         assert!(outcome.is_ok(), "{outcome:?}");
         for request in batch {
-            request.answer(outcome.as_ref().copied());
+            request.answer(Ok(()));
         }
         let mut results = Vec::new();
         for answer in answers {
@@ -1217,6 +1244,31 @@ mod tests {
         drop(conn);
         let store = SqliteJobStore::open(&backend.path()).expect("open");
         assert_eq!(store.paused_queues().await.expect("paused"), vec!["a", "c"]);
+    }
+
+    #[tokio::test]
+    async fn durable_requests_hear_of_an_fsync_that_fails() {
+        let backend = SqliteBackend::new();
+        let log = backend.path();
+        std::fs::write(&log, b"log").expect("log file");
+        for (path, synced) in [(log.clone(), true), (log.with_extension("gone"), false)] {
+            let mut conn = Connection::open_in_memory().expect("database");
+            migrate(&mut conn).expect("schema");
+            let (committed, waiting) = mpsc::channel();
+            let (mut request, answer) = pause("a", false);
+            assert!(request.apply(&conn), "applied");
+            committed.send(vec![request]).expect("send");
+            drop(committed);
+            run_syncer(&path, waiting);
+            let answer = answer.await.expect("answered");
+            assert_eq!(answer.is_ok(), synced, "{path:?}: {answer:?}");
+            if !synced {
+                assert!(
+                    matches!(&answer, Err(StoreError::Unavailable(message)) if message.contains("fsync")),
+                    "{answer:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test]
