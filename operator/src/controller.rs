@@ -275,6 +275,7 @@ where
 }
 
 /// Reconciles one queue: its shard, the namespace's Service, surplus shards, its status.
+#[tracing::instrument(skip_all, fields(namespace = queue.namespace(), name = %queue.name_any()))]
 pub async fn reconcile_queue(queue: Arc<PrintQueue>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile("PrintQueue");
     let namespace = queue.namespace().ok_or(Error::NoNamespace)?;
@@ -461,6 +462,7 @@ async fn publish<K: Resource<DynamicType = ()>>(
 }
 
 /// Reconciles one printer: probes it, writes its status, warns a human when needed.
+#[tracing::instrument(skip_all, fields(namespace = printer.namespace(), name = %printer.name_any()))]
 pub async fn reconcile_printer(printer: Arc<Printer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile("Printer");
     let outcome = probe(&printer.spec, ctx.settings.probe_timeout).await;
@@ -473,6 +475,7 @@ pub async fn reconcile_printer(printer: Arc<Printer>, ctx: Arc<Context>) -> Resu
 }
 
 /// Reconciles one policy: validity and the number of queues using it.
+#[tracing::instrument(skip_all, fields(namespace = policy.namespace(), name = %policy.name_any()))]
 pub async fn reconcile_policy(
     policy: Arc<AccountingPolicy>,
     ctx: Arc<Context>,

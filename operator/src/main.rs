@@ -103,7 +103,7 @@ async fn terminated() {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_json);
+    let _telemetry = telemetry::init(cli.log_json)?;
     let client = Client::try_default().await?;
     let metrics = Metrics::new()?;
     let ready = Arc::new(AtomicBool::new(false));

@@ -25,6 +25,17 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Starts the operator as `identity` with a Lease of `lease_seconds`, plus `extra` args.
     pub fn start(kubeconfig: &Path, identity: &str, lease_seconds: u64, extra: &[&str]) -> Self {
+        Self::start_with_env(kubeconfig, identity, lease_seconds, extra, &[])
+    }
+
+    /// Like [`OperatorProcess::start`], with more environment variables.
+    pub fn start_with_env(
+        kubeconfig: &Path,
+        identity: &str,
+        lease_seconds: u64,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_printfleet-operator"))
             .args([
                 "--listen",
@@ -44,6 +55,7 @@ impl OperatorProcess {
                 "RUST_LOG",
                 std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
