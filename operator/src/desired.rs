@@ -26,8 +26,9 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodAffinityTerm,
     PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
-    ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount, WeightedPodAffinityTerm,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -74,7 +75,71 @@ pub struct SpoolerSettings {
     pub cpu_request: String,
     pub memory_request: String,
     pub memory_limit: String,
+    /// The job and document stores a shard's pods share; `None`: each shard is one pod
+    /// with its own SQLite store in the pod.
+    pub shared_store: Option<SharedStore>,
 }
+
+/// PostgreSQL and S3-compatible object storage shared by the pods of every shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedStore {
+    /// Secret, in each namespace with queues, whose key [`STORE_DSN_KEY`] is the
+    /// PostgreSQL DSN (it holds a password: never in the pod spec itself).
+    pub dsn_secret: String,
+    /// `s3://bucket[/prefix]` of the documents.
+    pub documents_url: String,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    /// Secret, in each namespace with queues, with `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY`; `None`: the pods' own identity (e.g. IRSA).
+    pub s3_credentials_secret: Option<String>,
+}
+
+/// Why the shared store settings cannot be used.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SharedStoreError {
+    #[error(
+        "--spooler-store-secret and --spooler-documents-url go together: a shard's pods share both the job store and the documents"
+    )]
+    Incomplete,
+    #[error("--spooler-documents-url must be s3://bucket[/prefix], not {0:?}")]
+    DocumentsUrl(String),
+}
+
+impl SharedStore {
+    /// The shared store from the operator's flags: `None` when neither the DSN Secret nor
+    /// the documents URL is given; an error when only one is, or the URL is not `s3://`.
+    pub fn from_flags(
+        dsn_secret: Option<String>,
+        documents_url: Option<String>,
+        s3_endpoint: Option<String>,
+        s3_region: Option<String>,
+        s3_credentials_secret: Option<String>,
+    ) -> Result<Option<SharedStore>, SharedStoreError> {
+        match (dsn_secret, documents_url) {
+            (None, None) => Ok(None),
+            (Some(dsn_secret), Some(documents_url)) => {
+                let bucket = documents_url.strip_prefix("s3://").unwrap_or_default();
+                if bucket.is_empty() || bucket.starts_with('/') {
+                    return Err(SharedStoreError::DocumentsUrl(documents_url));
+                }
+                Ok(Some(SharedStore {
+                    dsn_secret,
+                    documents_url,
+                    s3_endpoint,
+                    s3_region,
+                    s3_credentials_secret,
+                }))
+            }
+            _ => Err(SharedStoreError::Incomplete),
+        }
+    }
+}
+
+/// Key of the PostgreSQL DSN in [`SharedStore::dsn_secret`].
+pub const STORE_DSN_KEY: &str = "dsn";
+/// Where the S3 credentials Secret is mounted in a spooler pod.
+const S3_CREDENTIALS_DIR: &str = "/etc/printfleet/s3";
 
 impl Default for SpoolerSettings {
     fn default() -> Self {
@@ -83,6 +148,7 @@ impl Default for SpoolerSettings {
             cpu_request: "100m".into(),
             memory_request: "128Mi".into(),
             memory_limit: "512Mi".into(),
+            shared_store: None,
         }
     }
 }
@@ -502,6 +568,66 @@ fn deployment(
             )
         });
     }
+    let mut args = vec![
+        "--config".into(),
+        format!("{CONFIG_DIR}/{CONFIG_KEY}"),
+        "--listen".into(),
+        format!("0.0.0.0:{SPOOLER_PORT}"),
+        "--state-dir".into(),
+        STATE_DIR.into(),
+        "--secrets-dir".into(),
+        SECRETS_DIR.into(),
+        "--log-format".into(),
+        "json".into(),
+        "--shard".into(),
+        name.clone(),
+    ];
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        EnvVar {
+            name: "PRINTFLEET_SHARD_LEASE".into(),
+            value: Some(name.clone()),
+            ..EnvVar::default()
+        },
+    ];
+    // Without a shared store a shard's jobs live in its one pod: a second pod would be a
+    // second, separate store behind the same Service.
+    let replicas = match &spooler.shared_store {
+        Some(store) => {
+            let replicas = shards.replicas_per_shard.max(1);
+            args.extend(shared_store_args(store, replicas));
+            env.push(EnvVar {
+                name: "PRINTFLEET_STORE_DSN".into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: store.dsn_secret.clone(),
+                        key: STORE_DSN_KEY.into(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+            if let Some(secret) = &store.s3_credentials_secret {
+                volumes.push(Volume {
+                    name: "s3-credentials".into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(secret.clone()),
+                        default_mode: Some(0o440),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                });
+                mounts.push(VolumeMount {
+                    read_only: Some(true),
+                    ..mount("s3-credentials", S3_CREDENTIALS_DIR)
+                });
+            }
+            replicas
+        }
+        None => 1,
+    };
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
@@ -515,29 +641,8 @@ fn deployment(
     let container = Container {
         name: "spooler".into(),
         image: Some(spooler.image.clone()),
-        args: Some(vec![
-            "--config".into(),
-            format!("{CONFIG_DIR}/{CONFIG_KEY}"),
-            "--listen".into(),
-            format!("0.0.0.0:{SPOOLER_PORT}"),
-            "--state-dir".into(),
-            STATE_DIR.into(),
-            "--secrets-dir".into(),
-            SECRETS_DIR.into(),
-            "--log-format".into(),
-            "json".into(),
-            "--shard".into(),
-            name.clone(),
-        ]),
-        env: Some(vec![
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            EnvVar {
-                name: "PRINTFLEET_SHARD_LEASE".into(),
-                value: Some(name.clone()),
-                ..EnvVar::default()
-            },
-        ]),
+        args: Some(args),
+        env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some("ipp".into()),
             container_port: SPOOLER_PORT,
@@ -578,7 +683,7 @@ fn deployment(
     Deployment {
         metadata: metadata.clone(),
         spec: Some(DeploymentSpec {
-            replicas: Some(i32::try_from(shards.replicas_per_shard).unwrap_or(i32::MAX)),
+            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
             selector: selector.clone(),
             // A new pod is ready before an old one stops: a config roll never empties the shard.
             strategy: Some(DeploymentStrategy {
@@ -591,10 +696,12 @@ fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.into(),
-                        config_hash.into(),
-                    )])),
+                    // With a shared store a config change rolls the pods (nothing is in
+                    // them); a lone pod holds its jobs, so it reloads the mounted
+                    // ConfigMap in place instead (the spooler watches its config file).
+                    annotations: spooler.shared_store.as_ref().map(|_| {
+                        BTreeMap::from([(CONFIG_HASH_ANNOTATION.into(), config_hash.into())])
+                    }),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -648,6 +755,28 @@ fn mount(volume: &str, path: &str) -> VolumeMount {
         mount_path: path.into(),
         ..VolumeMount::default()
     }
+}
+
+/// The spooler's flags for the shared stores, run as one of `replicas` pods.
+fn shared_store_args(store: &SharedStore, replicas: u32) -> Vec<String> {
+    let mut args = vec![
+        "--documents-url".into(),
+        store.documents_url.clone(),
+        "--replicas".into(),
+        replicas.to_string(),
+    ];
+    for (flag, value) in [
+        ("--s3-endpoint", store.s3_endpoint.as_ref()),
+        ("--s3-region", store.s3_region.as_ref()),
+    ] {
+        if let Some(value) = value {
+            args.extend([flag.to_owned(), value.clone()]);
+        }
+    }
+    if store.s3_credentials_secret.is_some() {
+        args.extend(["--s3-credentials-dir".into(), S3_CREDENTIALS_DIR.into()]);
+    }
+    args
 }
 
 fn field_env(name: &str, field: &str) -> EnvVar {

@@ -10,7 +10,7 @@ use clap::Parser;
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use printfleet_operator::controller::{self, Settings};
-use printfleet_operator::desired::{FIELD_MANAGER, SpoolerSettings};
+use printfleet_operator::desired::{FIELD_MANAGER, SharedStore, SpoolerSettings};
 use printfleet_operator::metrics::Metrics;
 use printfleet_operator::shard::ShardSettings;
 use printfleet_operator::{server, telemetry};
@@ -55,6 +55,23 @@ struct Cli {
     spooler_memory_request: String,
     #[arg(long, env = "PRINTFLEET_SPOOLER_MEMORY_LIMIT", default_value = "512Mi")]
     spooler_memory_limit: String,
+    /// Secret (in each namespace with queues) whose key `dsn` is the PostgreSQL DSN the
+    /// spooler pods of a shard share; with --spooler-documents-url. Without both, each
+    /// shard runs one pod with its own SQLite store.
+    #[arg(long, env = "PRINTFLEET_SPOOLER_STORE_SECRET")]
+    spooler_store_secret: Option<String>,
+    /// `s3://bucket[/prefix]` where the spooler pods keep documents.
+    #[arg(long, env = "PRINTFLEET_SPOOLER_DOCUMENTS_URL")]
+    spooler_documents_url: Option<String>,
+    /// S3-compatible endpoint of the documents bucket [default: AWS].
+    #[arg(long, env = "PRINTFLEET_SPOOLER_S3_ENDPOINT")]
+    spooler_s3_endpoint: Option<String>,
+    #[arg(long, env = "PRINTFLEET_SPOOLER_S3_REGION")]
+    spooler_s3_region: Option<String>,
+    /// Secret (in each namespace with queues) with AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY [default: the pods' own identity].
+    #[arg(long, env = "PRINTFLEET_SPOOLER_S3_CREDENTIALS_SECRET")]
+    spooler_s3_credentials_secret: Option<String>,
     /// Seconds between two probes of a printer.
     #[arg(long, env = "PRINTFLEET_PROBE_INTERVAL", default_value_t = 60)]
     probe_interval: u64,
@@ -104,6 +121,18 @@ async fn terminated() {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
     let _telemetry = telemetry::init(cli.log_json)?;
+    let shared_store = SharedStore::from_flags(
+        cli.spooler_store_secret.clone(),
+        cli.spooler_documents_url.clone(),
+        cli.spooler_s3_endpoint.clone(),
+        cli.spooler_s3_region.clone(),
+        cli.spooler_s3_credentials_secret.clone(),
+    )?;
+    if shared_store.is_none() {
+        tracing::warn!(
+            "no shared spooler store (--spooler-store-secret, --spooler-documents-url): each shard runs one pod whose jobs live in the pod"
+        );
+    }
     let client = Client::try_default().await?;
     let metrics = Metrics::new()?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -123,6 +152,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             cpu_request: cli.spooler_cpu_request.clone(),
             memory_request: cli.spooler_memory_request.clone(),
             memory_limit: cli.spooler_memory_limit.clone(),
+            shared_store,
         },
         probe_interval: Duration::from_secs(cli.probe_interval),
         service_monitors,

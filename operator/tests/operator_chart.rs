@@ -189,6 +189,23 @@ fn helm_lints_and_renders_the_chart() {
         "{messages:?}"
     );
 
+    // The shared-store settings render too (they are empty, so skipped, by default).
+    let shared = scratch.path().join("shared-store");
+    copy_dir(&chart(), &shared);
+    let values = std::fs::read_to_string(shared.join("values.yaml")).expect("values");
+    std::fs::write(
+        shared.join("values.yaml"),
+        values
+            .replace("dsnSecret: \"\"", "dsnSecret: spooler-store")
+            .replace("documentsUrl: \"\"", "documentsUrl: s3://print-documents"),
+    )
+    .expect("write");
+    let messages = lint(&python, &shared);
+    assert!(
+        !messages.iter().any(|(severity, _, _)| *severity >= 2),
+        "helm lint with a shared store: {messages:?}"
+    );
+
     let bad_values = scratch.path().join("bad-values");
     copy_dir(&chart(), &bad_values);
     let values = std::fs::read_to_string(bad_values.join("values.yaml")).expect("values");

@@ -11,7 +11,7 @@ use printfleet_crds::{
     AccountingPolicy, AccountingPolicySpec, PrintQueue, PrintQueueSpec, Printer, PrinterSpec,
 };
 use printfleet_operator::controller::{self, Settings};
-use printfleet_operator::desired::CONFIG_HASH_ANNOTATION;
+use printfleet_operator::desired::{CONFIG_HASH_ANNOTATION, SharedStore, SpoolerSettings};
 use printfleet_operator::metrics::Metrics;
 use printfleet_operator::shard::ShardSettings;
 use serde_json::Value;
@@ -51,6 +51,16 @@ async fn start(shards: ShardSettings, groups: &[&str]) -> Running {
         probe_interval: Duration::from_secs(1),
         probe_timeout: Duration::from_secs(2),
         service_monitors,
+        spooler: SpoolerSettings {
+            shared_store: Some(SharedStore {
+                dsn_secret: "spooler-store".into(),
+                documents_url: "s3://print-documents".into(),
+                s3_endpoint: None,
+                s3_region: None,
+                s3_credentials_secret: None,
+            }),
+            ..SpoolerSettings::default()
+        },
         ..Settings::default()
     };
     let (stop, stopped) = oneshot::channel::<()>();

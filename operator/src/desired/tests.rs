@@ -2,6 +2,20 @@ use printfleet_crds::{AccountingPolicySpec, PrintQueueSpec, PrinterSpec};
 
 use super::*;
 
+/// Spooler pods on PostgreSQL + S3, with S3 credentials from a Secret.
+fn shared_spooler() -> SpoolerSettings {
+    SpoolerSettings {
+        shared_store: Some(SharedStore {
+            dsn_secret: "spooler-store".into(),
+            documents_url: "s3://print-documents/office".into(),
+            s3_endpoint: Some("http://minio.storage:9000".into()),
+            s3_region: None,
+            s3_credentials_secret: Some("spooler-s3".into()),
+        }),
+        ..SpoolerSettings::default()
+    }
+}
+
 fn meta(name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
@@ -281,7 +295,7 @@ fn config_hash_changes_with_config_and_only_then() {
             &plan_of(&[(0, &["a"])]),
             inv,
             &ShardSettings::default(),
-            &SpoolerSettings::default(),
+            &shared_spooler(),
         )
         .expect("builds")
     };
@@ -427,7 +441,7 @@ fn deployment_is_redundant_probed_and_locked_down() {
     };
     let spooler = SpoolerSettings {
         image: "registry.example/spooler:1.2".into(),
-        ..SpoolerSettings::default()
+        ..shared_spooler()
     };
     let objects = shard_objects(
         "office",
@@ -564,4 +578,137 @@ fn service_and_monitor_select_every_spooler_pod() {
         queue_endpoint("office", "a"),
         "ipp://printfleet.office.svc:631/ipp/print/a"
     );
+}
+
+#[test]
+fn shared_store_flags_go_together() {
+    let flags = |dsn: Option<&str>, url: Option<&str>| {
+        SharedStore::from_flags(
+            dsn.map(str::to_owned),
+            url.map(str::to_owned),
+            None,
+            None,
+            None,
+        )
+    };
+    assert_eq!(flags(None, None), Ok(None));
+    assert_eq!(
+        flags(Some("store"), None),
+        Err(SharedStoreError::Incomplete)
+    );
+    assert_eq!(
+        flags(None, Some("s3://bucket")),
+        Err(SharedStoreError::Incomplete)
+    );
+    assert_eq!(
+        flags(Some("store"), Some("/var/documents")),
+        Err(SharedStoreError::DocumentsUrl("/var/documents".into()))
+    );
+    assert_eq!(
+        flags(Some("store"), Some("s3://")),
+        Err(SharedStoreError::DocumentsUrl("s3://".into()))
+    );
+    let store = flags(Some("store"), Some("s3://bucket/prefix"))
+        .expect("valid")
+        .expect("shared");
+    assert_eq!(store.documents_url, "s3://bucket/prefix");
+}
+
+/// The spooler container and replica count of shard 0 of one queue under `spooler`.
+fn spooler_pod(
+    spooler: &SpoolerSettings,
+) -> (Option<i32>, Option<BTreeMap<String, String>>, PodSpec) {
+    let inv = inventory(
+        vec![ipp_printer("p1")],
+        vec![queue("a", &["p1"], None)],
+        vec![],
+    );
+    let shards = ShardSettings {
+        replicas_per_shard: 3,
+        ..ShardSettings::default()
+    };
+    let objects = shard_objects(
+        "office",
+        0,
+        &plan_of(&[(0, &["a"])]),
+        &inv,
+        &shards,
+        spooler,
+    )
+    .expect("builds");
+    let spec = objects.deployment.spec.expect("spec");
+    let annotations = spec
+        .template
+        .metadata
+        .and_then(|metadata| metadata.annotations);
+    (spec.replicas, annotations, spec.template.spec.expect("pod"))
+}
+
+#[test]
+fn without_a_shared_store_a_shard_is_one_pod_that_reloads_its_config_in_place() {
+    let (replicas, annotations, pod) = spooler_pod(&SpoolerSettings::default());
+    assert_eq!(replicas, Some(1), "two pods would be two separate stores");
+    assert!(
+        annotations.is_none_or(|a| !a.contains_key(CONFIG_HASH_ANNOTATION)),
+        "a config change must not replace the pod holding the jobs"
+    );
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    assert!(!args.iter().any(|arg| arg == "--documents-url"), "{args:?}");
+    let env = container.env.clone().unwrap_or_default();
+    assert!(!env.iter().any(|var| var.name == "PRINTFLEET_STORE_DSN"));
+}
+
+#[test]
+fn a_shared_store_reaches_every_replica_from_secrets() {
+    let (replicas, annotations, pod) = spooler_pod(&shared_spooler());
+    assert_eq!(replicas, Some(3));
+    assert!(annotations.is_some_and(|a| a.contains_key(CONFIG_HASH_ANNOTATION)));
+    let container = &pod.containers[0];
+    let args = container.args.clone().unwrap_or_default();
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|arg| arg == flag)
+            .and_then(|index| args.get(index + 1))
+            .map(String::as_str)
+    };
+    assert_eq!(
+        value_of("--documents-url"),
+        Some("s3://print-documents/office")
+    );
+    assert_eq!(value_of("--replicas"), Some("3"));
+    assert_eq!(value_of("--s3-endpoint"), Some("http://minio.storage:9000"));
+    assert_eq!(value_of("--s3-region"), None);
+    assert_eq!(value_of("--s3-credentials-dir"), Some(S3_CREDENTIALS_DIR));
+    // The DSN holds a password: it comes from the Secret, never written into the spec.
+    let env = container.env.clone().unwrap_or_default();
+    let dsn = env
+        .iter()
+        .find(|var| var.name == "PRINTFLEET_STORE_DSN")
+        .expect("DSN variable");
+    assert_eq!(dsn.value, None);
+    let secret = dsn
+        .value_from
+        .as_ref()
+        .and_then(|from| from.secret_key_ref.as_ref())
+        .expect("from a Secret");
+    assert_eq!(
+        (secret.name.as_str(), secret.key.as_str()),
+        ("spooler-store", STORE_DSN_KEY)
+    );
+    let s3_volume = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|volume| volume.name == "s3-credentials")
+        .and_then(|volume| volume.secret)
+        .and_then(|secret| secret.secret_name);
+    assert_eq!(s3_volume.as_deref(), Some("spooler-s3"));
+    let mounted = container
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .any(|mount| mount.name == "s3-credentials" && mount.mount_path == S3_CREDENTIALS_DIR);
+    assert!(mounted);
 }
