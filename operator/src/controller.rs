@@ -26,13 +26,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::desired::{
-    FIELD_MANAGER, Inventory, SERVICE_NAME, SHARD_LABEL, SpoolerSettings, queue_owners,
-    service_monitor, shard_objects, submission_service,
+    FIELD_MANAGER, Inventory, SERVICE_NAME, SHARD_LABEL, SpoolerSettings, queue_endpoint,
+    queue_owners, service_monitor, shard_objects, submission_service,
 };
 use crate::metrics::Metrics;
-use crate::probe::probe;
+use crate::probe::{self, probe};
 use crate::shard::{ShardSettings, plan, shard_count, shard_name, shard_of};
 use crate::status::{policy_status, printer_status, queue_status};
+use printfleet_crds::queue::PrintQueueStatus;
 
 /// What can make a reconcile fail.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,20 @@ pub struct Settings {
     pub service_monitors: bool,
     /// Name of this operator instance in Events (the pod name).
     pub instance: String,
+    /// `host:port` where the operator asks spooler pods for queue depths instead of each
+    /// namespace's submission Service by its cluster DNS name (an operator run outside
+    /// the cluster, in development).
+    pub spooler_address: Option<String>,
+}
+
+impl Settings {
+    /// The URI the operator reads `queue`'s depth from.
+    fn queue_uri_for_operator(&self, namespace: &str, queue: &str) -> String {
+        match &self.spooler_address {
+            Some(address) => format!("ipp://{address}/ipp/print/{queue}"),
+            None => queue_endpoint(namespace, queue),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -85,6 +100,7 @@ impl Default for Settings {
             probe_timeout: Duration::from_secs(5),
             service_monitors: false,
             instance: "printfleet-operator".into(),
+            spooler_address: None,
         }
     }
 }
@@ -334,7 +350,18 @@ pub async fn reconcile_queue(queue: Arc<PrintQueue>, ctx: Arc<Context>) -> Resul
         .status
         .as_ref()
         .and_then(|s| s.available_replicas);
-    let status = queue_status(&queue, &resolution, &namespace, shard, available, &now());
+    let depth = match (&resolution, available) {
+        (Ok(()), Some(available)) if available > 0 => {
+            let uri = ctx.settings.queue_uri_for_operator(&namespace, &name);
+            probe::queued_jobs(&uri, ctx.settings.probe_timeout).await
+        }
+        // No pod to ask.
+        _ => None,
+    };
+    let status = PrintQueueStatus {
+        depth,
+        ..queue_status(&queue, &resolution, &namespace, shard, available, &now())
+    };
     if let Err(unresolved) = &resolution {
         let ready = status.conditions.first();
         let changed = queue
@@ -355,7 +382,8 @@ pub async fn reconcile_queue(queue: Arc<PrintQueue>, ctx: Arc<Context>) -> Resul
         }
     }
     apply_status(&ctx.client, &*queue, queue.status.as_ref(), status).await?;
-    Ok(Action::requeue(Duration::from_secs(600)))
+    // Also how often the depth is read again.
+    Ok(Action::requeue(ctx.settings.probe_interval))
 }
 
 async fn apply_service_monitor(

@@ -22,11 +22,12 @@ use crate::status::ProbeOutcome;
 
 /// Largest Get-Printer-Attributes response read (the attributes asked for are small).
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-const REQUESTED_ATTRIBUTES: [&str; 4] = [
+const REQUESTED_ATTRIBUTES: [&str; 5] = [
     "printer-state",
     "printer-state-reasons",
     "marker-names",
     "marker-levels",
+    "queued-job-count",
 ];
 
 /// Probes a printer, giving up after `timeout`.
@@ -156,6 +157,29 @@ async fn ipp_exchange(
     .await;
     connection.abort();
     result
+}
+
+/// How many jobs the spooler serving `uri` (an `ipp://` queue of ours) holds for it and has
+/// not finished (`queued-job-count`); `None` when it cannot tell within `timeout`.
+pub async fn queued_jobs(uri: &str, timeout: Duration) -> Option<i64> {
+    let parsed = parse_printer_uri(uri).ok()?;
+    let port = parsed.port.unwrap_or(631);
+    let exchange = ipp_exchange(uri, parsed.host, port, parsed.path);
+    let attributes = match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(attributes)) => attributes,
+        Ok(Err(outcome)) => {
+            tracing::debug!(?outcome, uri, "cannot read the queue's depth");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    attributes
+        .groups_of(DelimiterTag::PrinterAttributes)
+        .find_map(|group| group.get("queued-job-count"))
+        .and_then(|attribute| match attribute.value() {
+            IppValue::Integer(count) => Some(i64::from(*count)),
+            _ => None,
+        })
 }
 
 /// Reads state, reasons and supply levels from a Get-Printer-Attributes response.

@@ -133,7 +133,8 @@ pub fn queue_status(
         ),
         shard: Some(shard_name),
         endpoint: Some(queue_endpoint(namespace, name)),
-        depth: previous.and_then(|s| s.depth),
+        // Read from the spooler by the caller: what this function cannot know.
+        depth: None,
         observed_generation: generation,
     }
 }

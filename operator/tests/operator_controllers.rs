@@ -41,6 +41,15 @@ impl Drop for Running {
 }
 
 async fn start(shards: ShardSettings, groups: &[&str]) -> Running {
+    start_with(shards, groups, None).await
+}
+
+/// `start`, with the operator reading queue depths from the spooler at `spooler_address`.
+async fn start_with(
+    shards: ShardSettings,
+    groups: &[&str],
+    spooler_address: Option<String>,
+) -> Running {
     let api = ApiServer::start(groups).await;
     let client = api.client();
     let service_monitors = controller::has_service_monitors(&client)
@@ -61,6 +70,7 @@ async fn start(shards: ShardSettings, groups: &[&str]) -> Running {
             }),
             ..SpoolerSettings::default()
         },
+        spooler_address,
         ..Settings::default()
     };
     let (stop, stopped) = oneshot::channel::<()>();
@@ -711,4 +721,63 @@ async fn conflicting_writes_converge_to_the_operators_intent() {
         !metrics.contains("printfleet_operator_reconcile_failures_total{"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_status_shows_the_depth_its_spooler_reports() {
+    // A real spooler holding jobs for `lobby`: its printer never answers, so they wait.
+    let closed_port = printfleet_e2e::free_port().expect("port");
+    let spooler = printfleet_e2e::Spooler::start(&printfleet_e2e::spooler::config_yaml(&[
+        printfleet_e2e::spooler::printer_yaml("hall", &format!("socket://127.0.0.1:{closed_port}")),
+        printfleet_e2e::spooler::queue_yaml("lobby", &["hall"], ""),
+    ]))
+    .expect("spooler");
+    let mut connection =
+        printfleet_e2e::IppConnection::new(&spooler.queue_uri("lobby")).expect("client");
+    for number in 0..2 {
+        let response = connection
+            .print_job(
+                "alice",
+                &format!("waiting {number}"),
+                "text/plain",
+                bytes::Bytes::from_static(b"hello\n"),
+            )
+            .await
+            .expect("Print-Job");
+        assert!(response.is_success(), "status {:#06x}", response.raw_status);
+    }
+
+    let running = start_with(
+        ShardSettings::default(),
+        &[],
+        Some(format!("127.0.0.1:{}", spooler.port())),
+    )
+    .await;
+    let api = &running.api;
+    let client = api.client();
+    create(&client, file_printer("hall")).await;
+    create(&client, queue("lobby", &["hall"], None)).await;
+    // Without an available pod there is nobody to ask.
+    eventually("lobby reconciled", || queue_ready(api, "lobby")).await;
+    let depth = |api: &ApiServer| {
+        api.get(QUEUES, NS, "lobby")
+            .map(|queue| queue["status"]["depth"].clone())
+    };
+    assert_eq!(depth(api), Some(Value::Null));
+
+    // As the Deployment controller reports a ready pod.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), NS);
+    deployments
+        .patch_status(
+            "printfleet-shard-0",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"availableReplicas": 1}})),
+        )
+        .await
+        .expect("deployment status");
+    eventually("lobby's depth", || {
+        depth(api).filter(|depth| depth.as_i64() == Some(2))
+    })
+    .await;
 }
