@@ -196,7 +196,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     );
 
     let (stop_dispatch, dispatch_stopped) = tokio::sync::watch::channel(false);
-    let dispatcher = tokio::spawn(dispatch::run(app.clone(), claimer, dispatch_stopped));
+    let dispatcher = start_dispatcher(app.clone(), claimer, dispatch_stopped)?;
     printfleet_spooler::http::serve(app.clone(), listener, tls, shutdown_signal()).await?;
 
     // Jobs not yet sent stay pending in the store for the next start.
@@ -211,6 +211,30 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Dispatch runs on a runtime of its own, on a thread of its own: under a flood of
+/// submissions the operating system still gives it its share of the CPU, where on the
+/// submissions' runtime its few tasks would queue behind every connection's. The receiver
+/// hears when dispatch has stopped.
+fn start_dispatcher(
+    app: Arc<App>,
+    claimer: Claimer,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the dispatch runtime")?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("dispatch".into())
+        .spawn(move || {
+            runtime.block_on(dispatch::run(app, claimer, stopped));
+            let _ = done.send(());
+        })
+        .context("starting the dispatch thread")?;
+    Ok(finished)
 }
 
 impl Cli {

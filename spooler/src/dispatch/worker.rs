@@ -429,15 +429,23 @@ impl PrinterWorker {
             .with_label_values(&[job.queue.as_str(), outcome])
             .inc();
         if finished.state == JobState::Completed {
-            // Exactly once in the ledger; one missed here is settled by the next sweep.
-            if let Err(error) = accounting::settle::settle(&self.app, &finished).await {
-                tracing::warn!(%error, "recording the job's settlement");
-            }
             let end = finished.completed_at.unwrap_or(now_millis() / 1000);
             metrics
                 .completion_seconds
                 .with_label_values(&[job.queue.as_str()])
                 .observe(end.saturating_sub(job.created_at).max(0) as f64);
+            // Exactly once in the ledger; one missed here is settled by the next sweep.
+            // Settled beside the printer's next job, not before it: the completion is
+            // recorded, which is all the printer waits for.
+            let app = self.app.clone();
+            tokio::spawn(
+                async move {
+                    if let Err(error) = accounting::settle::settle(&app, &finished).await {
+                        tracing::warn!(%error, "recording the job's settlement");
+                    }
+                }
+                .in_current_span(),
+            );
         }
     }
 }

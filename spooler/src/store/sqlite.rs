@@ -9,6 +9,7 @@
 //! bookkeeping, which needs no fsync, never waits for one. Reads run on a small pool of
 //! read-only connections, which WAL lets proceed while the writer commits.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
@@ -380,16 +381,56 @@ where
 /// Requests committed to the log that wait for its fsync.
 type Committed = Vec<Box<dyn WriteRequest>>;
 
+/// Requests received and not yet applied. The dispatcher's bookkeeping goes first: a
+/// printer waits on it, a submission already waits on an fsync.
+#[derive(Default)]
+struct Waiting {
+    relaxed: VecDeque<Box<dyn WriteRequest>>,
+    durable: VecDeque<Box<dyn WriteRequest>>,
+}
+
+impl Waiting {
+    fn push(&mut self, request: Box<dyn WriteRequest>) {
+        match request.durability() {
+            Durability::ProcessCrash => self.relaxed.push_back(request),
+            Durability::Fsync => self.durable.push_back(request),
+        }
+    }
+
+    fn receive_more(&mut self, requests: &mpsc::Receiver<Box<dyn WriteRequest>>) {
+        for request in requests.try_iter() {
+            self.push(request);
+        }
+    }
+
+    fn next(&mut self) -> Option<Box<dyn WriteRequest>> {
+        self.relaxed
+            .pop_front()
+            .or_else(|| self.durable.pop_front())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.relaxed.is_empty() && self.durable.is_empty()
+    }
+}
+
 fn run_writer(
     mut conn: Connection,
     requests: mpsc::Receiver<Box<dyn WriteRequest>>,
     syncer: &mpsc::Sender<Committed>,
     commits: &AtomicU64,
 ) {
-    while let Ok(first) = requests.recv() {
-        let mut batch = vec![first];
-        batch.extend(requests.try_iter().take(MAX_BATCH - 1));
-        if let Err(error) = apply_batch(&mut conn, &mut batch) {
+    let mut waiting = Waiting::default();
+    loop {
+        if waiting.is_empty() {
+            match requests.recv() {
+                Ok(request) => waiting.push(request),
+                // Every sender is gone and nothing waits: the store was dropped.
+                Err(mpsc::RecvError) => return,
+            }
+        }
+        let mut batch = Vec::new();
+        if let Err(error) = apply_batch(&mut conn, &mut waiting, &requests, &mut batch) {
             tracing::warn!(%error, requests = batch.len(), "SQLite batch failed");
             for request in batch {
                 request.answer(Err(classify(&error)));
@@ -440,15 +481,36 @@ fn run_syncer(log: &Path, committed: mpsc::Receiver<Committed>) {
     }
 }
 
-fn apply_batch(conn: &mut Connection, batch: &mut [Box<dyn WriteRequest>]) -> rusqlite::Result<()> {
+/// Applies waiting requests (each in its own savepoint, so one that fails is undone alone)
+/// in one transaction and commits it; `batch` gets the requests applied. Requests that
+/// arrive meanwhile join the batch, but once the bookkeeping requests are applied and none
+/// is left waiting the transaction commits at once: a claim or an outcome waits for at
+/// most one submission, never for a whole batch of them.
+fn apply_batch(
+    conn: &mut Connection,
+    waiting: &mut Waiting,
+    requests: &mpsc::Receiver<Box<dyn WriteRequest>>,
+    batch: &mut Vec<Box<dyn WriteRequest>>,
+) -> rusqlite::Result<()> {
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for request in batch.iter_mut() {
+    waiting.receive_more(requests);
+    while batch.len() < MAX_BATCH {
+        let Some(mut request) = waiting.next() else {
+            break;
+        };
         let savepoint = tx.savepoint()?;
-        if request.apply(&savepoint) {
+        let applied = request.apply(&savepoint);
+        let relaxed = request.durability() == Durability::ProcessCrash;
+        batch.push(request);
+        if applied {
             savepoint.commit()?;
         } else {
             // Dropping behaviour is rollback: undo this request only.
             savepoint.finish()?;
+        }
+        waiting.receive_more(requests);
+        if relaxed && waiting.relaxed.is_empty() {
+            break;
         }
     }
     tx.commit()
@@ -1203,6 +1265,14 @@ mod tests {
 
     /// A write request pausing `queue`, failing after its write when `fail` is set.
     fn pause(queue: &'static str, fail: bool) -> (Box<dyn WriteRequest>, Answer) {
+        pause_with(queue, fail, Durability::Fsync)
+    }
+
+    fn pause_with(
+        queue: &'static str,
+        fail: bool,
+        durability: Durability,
+    ) -> (Box<dyn WriteRequest>, Answer) {
         let (reply, answer) = oneshot::channel();
         let work = move |conn: &Connection| {
             conn.execute("INSERT INTO paused_queues (queue) VALUES (?1)", [queue])?;
@@ -1213,7 +1283,7 @@ mod tests {
         };
         let request = Request {
             work: Some(work),
-            durability: Durability::Fsync,
+            durability,
             result: None,
             reply,
         };
@@ -1230,8 +1300,13 @@ mod tests {
             [pause("a", false), pause("b", true), pause("c", false)]
                 .into_iter()
                 .unzip();
-        let mut batch = requests;
-        let outcome = apply_batch(&mut conn, &mut batch);
+        let mut waiting = Waiting::default();
+        for request in requests {
+            waiting.push(request);
+        }
+        let (_sender, receiver) = mpsc::channel();
+        let mut batch = Vec::new();
+        let outcome = apply_batch(&mut conn, &mut waiting, &receiver, &mut batch);
         assert!(outcome.is_ok(), "{outcome:?}");
         for request in batch {
             request.answer(Ok(()));
@@ -1244,6 +1319,35 @@ mod tests {
         drop(conn);
         let store = SqliteJobStore::open(&backend.path()).expect("open");
         assert_eq!(store.paused_queues().await.expect("paused"), vec!["a", "c"]);
+    }
+
+    #[test]
+    fn bookkeeping_goes_first_and_commits_without_waiting_for_submissions() {
+        let backend = SqliteBackend::new();
+        let mut conn = Connection::open(backend.path()).expect("open");
+        configure_writer(&conn).expect("configure");
+        migrate(&mut conn).expect("migrate");
+        let mut waiting = Waiting::default();
+        waiting.push(pause("submission-1", false).0);
+        waiting.push(pause("submission-2", false).0);
+        let (sender, receiver) = mpsc::channel();
+        // Arrives after the submissions.
+        sender
+            .send(pause_with("claim", false, Durability::ProcessCrash).0)
+            .expect("send");
+        let mut first = Vec::new();
+        apply_batch(&mut conn, &mut waiting, &receiver, &mut first).expect("first batch");
+        let kinds = |batch: &[Box<dyn WriteRequest>]| {
+            batch
+                .iter()
+                .map(|request| request.durability())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(&first), vec![Durability::ProcessCrash]);
+        let mut second = Vec::new();
+        apply_batch(&mut conn, &mut waiting, &receiver, &mut second).expect("second batch");
+        assert_eq!(kinds(&second), vec![Durability::Fsync, Durability::Fsync]);
+        assert!(waiting.is_empty());
     }
 
     #[tokio::test]
