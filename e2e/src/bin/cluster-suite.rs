@@ -363,17 +363,9 @@ impl Suite {
             step,
             "waiting for the pod (it apt-get installs cups-ipp-utils, dbus and avahi-daemon first)",
         );
-        let deployment = format!("deployment/{PRINTER}");
-        let timeout = format!("--timeout={}s", PRINTER_ROLLOUT_TIMEOUT.as_secs());
-        run_command(
-            step,
-            &mut self
-                .cluster
-                .kubectl(&["rollout", "status", &deployment, &timeout]),
-            None,
-            PRINTER_ROLLOUT_TIMEOUT + KUBECTL_TIMEOUT,
-        )
-        .context("the ippeveprinter pod did not become ready")?;
+        self.cluster
+            .rollout_status(step, PRINTER, PRINTER_ROLLOUT_TIMEOUT)
+            .context("the ippeveprinter pod did not become ready")?;
         self.log(step, "ippeveprinter listening");
         Ok(())
     }
@@ -460,17 +452,9 @@ impl Suite {
 
         // Ready needs one available spooler pod; the port-forward must not pick one that is
         // still starting, or one of a replica set that a configuration change is replacing.
-        let deployment = format!("deployment/{shard}");
-        let timeout = format!("--timeout={}s", SHARD_ROLLOUT_TIMEOUT.as_secs());
-        run_command(
-            step,
-            &mut self
-                .cluster
-                .kubectl(&["rollout", "status", &deployment, &timeout]),
-            None,
-            SHARD_ROLLOUT_TIMEOUT + KUBECTL_TIMEOUT,
-        )
-        .with_context(|| format!("{step}: the spooler pods of {shard} did not become ready"))?;
+        self.cluster
+            .rollout_status(step, &shard, SHARD_ROLLOUT_TIMEOUT)
+            .with_context(|| format!("{step}: the spooler pods of {shard} did not become ready"))?;
         self.log(step, &format!("{shard} rolled out"));
         Ok((printer_state, shard, endpoint))
     }
@@ -773,6 +757,18 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Waits until every pod of Deployment `name` is updated and ready.
+    fn rollout_status(&self, step: &str, name: &str, timeout: Duration) -> Result<String> {
+        let deployment = format!("deployment/{name}");
+        let limit = format!("--timeout={}s", timeout.as_secs());
+        run_command(
+            step,
+            &mut self.kubectl(&["rollout", "status", &deployment, &limit]),
+            None,
+            timeout + KUBECTL_TIMEOUT,
+        )
+    }
+
     fn kubectl(&self, args: &[&str]) -> Command {
         let mut command = Command::new("kubectl");
         // Global flags go first: what follows a `--` (kubectl exec) belongs to the container.
