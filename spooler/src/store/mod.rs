@@ -24,7 +24,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::accounting::ledger::{Admission, LedgerEntry, LedgerQuery};
+use crate::accounting::ledger::{Admission, EntryKind, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::Tripped;
 use crate::job::{Claimer, Job, JobId, JobState, NewDocument, NewJob};
 
@@ -231,6 +231,17 @@ pub trait JobStore: Send + Sync {
 
 fn no_ledger() -> StoreError {
     StoreError::Internal("this job store keeps no ledger".into())
+}
+
+/// What `record_settlement` accepts: a settlement entry, nothing else.
+fn settlement_only(entry: &LedgerEntry) -> Result<(), StoreError> {
+    if entry.kind == EntryKind::Settlement {
+        return Ok(());
+    }
+    Err(StoreError::Internal(format!(
+        "record_settlement given a {} entry",
+        entry.kind.keyword()
+    )))
 }
 
 /// `job-state-reasons` of a job held by admission over a quota (PWG 5100.7).

@@ -27,7 +27,7 @@ use super::rules::{
     state_range, user_transition,
 };
 use super::{JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs};
-use crate::accounting::ledger::{Admission, EntryKind, LedgerEntry, LedgerQuery};
+use crate::accounting::ledger::{Admission, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::QuotaDecision;
 use crate::job::{
     Claimer, DocumentBody, DocumentInfo, Job, JobId, JobState, JobTicket, NewDocument, NewJob,
@@ -955,12 +955,7 @@ impl JobStore for PostgresJobStore {
     }
 
     async fn record_settlement(&self, entry: LedgerEntry) -> Result<bool, StoreError> {
-        if entry.kind != EntryKind::Settlement {
-            return Err(StoreError::Internal(format!(
-                "record_settlement given a {} entry",
-                entry.kind.keyword()
-            )));
-        }
+        super::settlement_only(&entry)?;
         self.bounded(async {
             let client = self.database.client().await?;
             ledger::insert(&client, &entry).await

@@ -27,7 +27,7 @@ use super::rules::{
     state_range, user_transition, without,
 };
 use super::{JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs};
-use crate::accounting::ledger::{Admission, EntryKind, LedgerEntry, LedgerQuery};
+use crate::accounting::ledger::{Admission, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::QuotaDecision;
 use crate::job::{
     Claimer, DocumentBody, DocumentInfo, Job, JobId, JobState, JobTicket, NewDocument, NewJob,
@@ -1120,12 +1120,7 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn record_settlement(&self, entry: LedgerEntry) -> Result<bool, StoreError> {
-        if entry.kind != EntryKind::Settlement {
-            return Err(StoreError::Internal(format!(
-                "record_settlement given a {} entry",
-                entry.kind.keyword()
-            )));
-        }
+        super::settlement_only(&entry)?;
         // Bookkeeping after a completion, like the completion itself: one lost to a power
         // loss is made again by the sweep of completed, unsettled jobs at the next start.
         self.write_relaxed(move |conn| ledger::insert(conn, &entry))
