@@ -50,7 +50,7 @@ impl Drop for Telemetry {
 }
 
 /// Whether the environment asks for OTLP export.
-pub fn otlp_requested() -> bool {
+fn otlp_requested() -> bool {
     OTLP_ENDPOINT_VARIABLES
         .iter()
         .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()))
