@@ -6,7 +6,8 @@
 //! (and under `-` when the user had none), so the rows of a group report can add up to more
 //! than the totals; the totals are always the ledger's.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
 use jiff::Timestamp;
@@ -218,8 +219,17 @@ pub async fn generate(
             job: None,
         })
         .await?;
+    // Each (queue, user) is labelled once, not once per entry: the policy lookup and the
+    // salted hash are the same for all of its entries.
+    let labels: RefCell<HashMap<(String, String), Option<String>>> = RefCell::default();
     Ok(build(&entries, by, from, to, |entry| {
-        user_label(privacy_of_queue(config, &entry.queue), salt, &entry.user)
+        labels
+            .borrow_mut()
+            .entry((entry.queue.clone(), entry.user.clone()))
+            .or_insert_with(|| {
+                user_label(privacy_of_queue(config, &entry.queue), salt, &entry.user)
+            })
+            .clone()
     }))
 }
 
