@@ -122,33 +122,51 @@ pub struct Context {
 
 /// What was last applied for each shard (namespace, index), as a fingerprint of the
 /// desired objects. An event on a shard's ConfigMap or Deployment forgets the shard, so
-/// an edit by someone else is put back by the next reconcile.
+/// an edit by someone else is put back by the next reconcile. An event that arrives while
+/// a reconcile is applying wins: that reconcile's fingerprint is not recorded.
 #[derive(Default)]
 pub struct AppliedShards {
-    fingerprints: Mutex<HashMap<(String, u32), u64>>,
+    shards: Mutex<HashMap<(String, u32), AppliedShard>>,
 }
 
+#[derive(Default)]
+struct AppliedShard {
+    fingerprint: Option<u64>,
+    /// Events seen about the shard's objects, to tell whether one came during an apply.
+    events: u64,
+}
+
+/// The shard's event count when a reconcile decided to apply.
+struct ApplyTicket(u64);
+
 impl AppliedShards {
-    fn unchanged(&self, shard: &(String, u32), fingerprint: u64) -> bool {
-        self.fingerprints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(shard)
-            == Some(&fingerprint)
+    /// Taken before deciding to apply: [`record`](Self::record) keeps the fingerprint only
+    /// if no event came since.
+    fn ticket(&self, shard: &(String, u32)) -> ApplyTicket {
+        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        ApplyTicket(shards.get(shard).map_or(0, |applied| applied.events))
     }
 
-    fn record(&self, shard: (String, u32), fingerprint: u64) {
-        self.fingerprints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(shard, fingerprint);
+    fn unchanged(&self, shard: &(String, u32), fingerprint: u64) -> bool {
+        let shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        shards
+            .get(shard)
+            .is_some_and(|applied| applied.fingerprint == Some(fingerprint))
+    }
+
+    fn record(&self, shard: (String, u32), fingerprint: u64, ticket: ApplyTicket) {
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        let applied = shards.entry(shard).or_default();
+        if applied.events == ticket.0 {
+            applied.fingerprint = Some(fingerprint);
+        }
     }
 
     fn forget(&self, shard: &(String, u32)) {
-        self.fingerprints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(shard);
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        let applied = shards.entry(shard.clone()).or_default();
+        applied.fingerprint = None;
+        applied.events = applied.events.wrapping_add(1);
     }
 }
 
@@ -318,6 +336,7 @@ pub async fn reconcile_queue(queue: Arc<PrintQueue>, ctx: Arc<Context>) -> Resul
     let shard_key = (namespace.clone(), shard);
     // The queues of a shard all apply the same objects: once they are applied (and no
     // event about them came since), the others only read the Deployment from the cache.
+    let ticket = ctx.applied.ticket(&shard_key);
     let cached = ctx
         .applied
         .unchanged(&shard_key, fingerprint)
@@ -340,7 +359,7 @@ pub async fn reconcile_queue(queue: Arc<PrintQueue>, ctx: Arc<Context>) -> Resul
                 apply_service_monitor(&ctx.client, &namespace, &inventory).await?;
             }
             delete_unplanned_shards(&ctx, &namespace, &shards).await?;
-            ctx.applied.record(shard_key, fingerprint);
+            ctx.applied.record(shard_key, fingerprint, ticket);
             deployment
         }
     };
@@ -895,6 +914,32 @@ pub const RBAC: &[(&str, &str, &[&str])] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_during_an_apply_leaves_the_shard_to_be_applied_again() {
+        let shard = ("office".to_string(), 0);
+        let applied = AppliedShards::default();
+        assert!(!applied.unchanged(&shard, 7));
+
+        let ticket = applied.ticket(&shard);
+        applied.record(shard.clone(), 7, ticket);
+        assert!(applied.unchanged(&shard, 7));
+        assert!(
+            !applied.unchanged(&shard, 8),
+            "another fingerprint is applied"
+        );
+
+        // A hand edit lands after this reconcile applied and before it recorded.
+        applied.forget(&shard);
+        let ticket = applied.ticket(&shard);
+        applied.forget(&shard);
+        applied.record(shard.clone(), 7, ticket);
+        assert!(!applied.unchanged(&shard, 7), "the edit must be put back");
+
+        let ticket = applied.ticket(&shard);
+        applied.record(shard.clone(), 7, ticket);
+        assert!(applied.unchanged(&shard, 7));
+    }
 
     #[test]
     fn spec_changes_ignore_status_only_updates_and_pass_deletions() {
