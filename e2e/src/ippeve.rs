@@ -102,20 +102,28 @@ pub struct IppEvePrinter {
     name: String,
     port: u16,
     two_sided: bool,
+    quick: bool,
     _dnssd: Arc<DnsSd>,
 }
 
 impl IppEvePrinter {
     pub fn start(name: &str) -> Result<IppEvePrinter> {
-        Self::launch(name, false)
+        Self::launch(name, false, false)
     }
 
     /// A printer that also prints on both sides (`sides` two-sided-long/short-edge).
     pub fn start_two_sided(name: &str) -> Result<IppEvePrinter> {
-        Self::launch(name, true)
+        Self::launch(name, true, false)
     }
 
-    fn launch(name: &str, two_sided: bool) -> Result<IppEvePrinter> {
+    /// A printer that finishes each job as soon as it has the document (it runs `true`
+    /// on it and keeps the file) instead of simulating 5 to 15 s of printing: for tests
+    /// that send it hundreds of jobs.
+    pub fn start_quick(name: &str) -> Result<IppEvePrinter> {
+        Self::launch(name, false, true)
+    }
+
+    fn launch(name: &str, two_sided: bool, quick: bool) -> Result<IppEvePrinter> {
         let dnssd = DnsSd::acquire()?;
         let spool = tempfile::Builder::new()
             .prefix("printfleet-ippeve-")
@@ -127,6 +135,7 @@ impl IppEvePrinter {
             spool,
             process: None,
             two_sided,
+            quick,
             _dnssd: dnssd,
         };
         printer.resume()?;
@@ -178,6 +187,9 @@ impl IppEvePrinter {
             .args(["-f", FORMATS]);
         if self.two_sided {
             command.arg("-2");
+        }
+        if self.quick {
+            command.args(["-k", "-c", "/bin/true"]);
         }
         command.arg(&self.name);
         let log = self.spool.path().join("ippeveprinter.log");

@@ -2,6 +2,7 @@
 //! tested against (ippeveprinter, a raw 9100 sink, CUPS's cupsd and command-line clients),
 //! each a child process or task stopped when its guard drops.
 
+pub mod apiserver;
 pub mod cluster;
 pub mod conformance;
 pub mod cups_cli;

@@ -66,6 +66,24 @@ fn build_spooler() -> Result<PathBuf> {
     }
 }
 
+/// Status and body of a plain `GET path` on 127.0.0.1:`port`, or `None` when nothing
+/// answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.get(9..12)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
 /// Status code of a plain `GET path` on 127.0.0.1:`port`, or `None` when nothing answers.
 pub fn http_get_status(port: u16, path: &str) -> Option<u16> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -86,6 +104,7 @@ pub struct Spooler {
     dir: TempDir,
     port: u16,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
 }
 
 impl Spooler {
@@ -97,6 +116,15 @@ impl Spooler {
 
     /// As `start`, with extra command-line arguments (e.g. `--max-document-size`).
     pub fn start_with_args(config_yaml: &str, extra_args: &[&str]) -> Result<Spooler> {
+        Spooler::start_with_env(config_yaml, extra_args, &[])
+    }
+
+    /// As `start_with_args`, with extra environment variables (e.g. `KUBECONFIG`).
+    pub fn start_with_env(
+        config_yaml: &str,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Result<Spooler> {
         let binary = spooler_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("printfleet-spooler-")
@@ -112,6 +140,10 @@ impl Spooler {
             dir,
             port: free_port()?,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            extra_env: extra_env
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
             process: None,
         };
         spooler.spawn(&binary)?;
@@ -131,6 +163,7 @@ impl Spooler {
             .arg("--secrets-dir")
             .arg(dir.join("secrets"))
             .args(&self.extra_args)
+            .envs(self.extra_env.iter().map(|(name, value)| (name, value)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -6,8 +6,6 @@
 //! overspend it.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
@@ -50,20 +48,7 @@ fn config(printer_uri: &str, policy_extra: &str) -> String {
 
 /// `GET path` on the spooler: status and body.
 fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
-    let status = head[9..12].parse().expect("status");
-    (status, body.to_string())
+    printfleet_e2e::spooler::http_get(port, path).expect("the spooler answers")
 }
 
 struct Job<'a> {

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use printfleet_crds::{PrintQueue, PrintQueueSpec, Printer, PrinterSpec};
+use printfleet_e2e::apiserver::write_kubeconfig;
 use support::apiserver::ApiServer;
-use support::operator_process::{OperatorProcess, write_kubeconfig};
+use support::operator_process::OperatorProcess;
 
 const NAMESPACES: usize = 50;
 const PER_NAMESPACE: usize = 40;

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use kube::Api;
 use kube::api::PostParams;
 use printfleet_crds::{PrintQueue, PrintQueueSpec, Printer, PrinterSpec};
+use printfleet_e2e::apiserver::write_kubeconfig;
 use support::apiserver::ApiServer;
-use support::operator_process::{OperatorProcess, write_kubeconfig};
+use support::operator_process::OperatorProcess;
 
 const NS: &str = "office";
 const LEASE_SECONDS: u64 = 3;

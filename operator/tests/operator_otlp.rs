@@ -18,9 +18,10 @@ use kube::api::PostParams;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use printfleet_crds::{PrintQueue, PrintQueueSpec, Printer, PrinterSpec};
+use printfleet_e2e::apiserver::write_kubeconfig;
 use prost::Message;
 use support::apiserver::ApiServer;
-use support::operator_process::{OperatorProcess, write_kubeconfig};
+use support::operator_process::OperatorProcess;
 
 /// One span as received: its name, and its string attributes.
 #[derive(Debug)]

@@ -29,6 +29,22 @@ pub struct ClusterOptions {
     pub claimer_id: Option<String>,
     /// How many pods run this shard.
     pub replicas: u32,
+    /// The shard whose queues this pod dispatches; `None`: every queue.
+    pub shard: Option<String>,
+    /// The Lease that elects the shard's one dispatching pod.
+    pub shard_lease: Option<String>,
+}
+
+/// How a pod dispatches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DispatchRole {
+    /// The store's only dispatcher: a new epoch per start, and every job left
+    /// `processing` by anyone else is recovered.
+    Standalone,
+    /// The one pod of `shard`: it takes the shard over in the store at start.
+    Shard { shard: String },
+    /// One of the shard's pods: it dispatches while it holds `lease`.
+    LeasedShard { shard: String, lease: String },
 }
 
 /// A cluster-mode setting that cannot work.
@@ -49,6 +65,13 @@ pub enum ClusterError {
     PrivateDocumentStore { replicas: u32 },
     #[error("{flag} is set but --documents-url is not: the documents would stay local")]
     S3WithoutUrl { flag: &'static str },
+    #[error(
+        "--replicas {replicas} needs --shard and --shard-lease (PRINTFLEET_SHARD_LEASE): \
+         the Lease elects the one pod that dispatches"
+    )]
+    UnledReplicas { replicas: u32 },
+    #[error("--shard-lease needs --shard: a Lease elects the dispatcher of one shard")]
+    LeaseWithoutShard,
     #[error("--claimer-id must not be empty")]
     EmptyClaimerId,
     #[error("PostgreSQL at --store-dsn is unreachable after {waited:?}: {last_error}")]
@@ -79,6 +102,9 @@ impl ClusterOptions {
                 return Err(ClusterError::S3WithoutUrl { flag });
             }
         }
+        if self.shard_lease.is_some() && self.shard.is_none() {
+            return Err(ClusterError::LeaseWithoutShard);
+        }
         if self.replicas > 1 {
             if self.store_dsn.is_none() {
                 return Err(ClusterError::PrivateJobStore {
@@ -90,8 +116,27 @@ impl ClusterOptions {
                     replicas: self.replicas,
                 });
             }
+            if self.shard_lease.is_none() {
+                return Err(ClusterError::UnledReplicas {
+                    replicas: self.replicas,
+                });
+            }
         }
         Ok(())
+    }
+
+    /// How this pod dispatches (after [`check`](Self::check)).
+    pub fn dispatch_role(&self) -> DispatchRole {
+        match (&self.shard, &self.shard_lease) {
+            (None, _) => DispatchRole::Standalone,
+            (Some(shard), None) => DispatchRole::Shard {
+                shard: shard.clone(),
+            },
+            (Some(shard), Some(lease)) => DispatchRole::LeasedShard {
+                shard: shard.clone(),
+                lease: lease.clone(),
+            },
+        }
     }
 
     /// The object store settings, when documents go to S3.
@@ -115,14 +160,6 @@ impl ClusterOptions {
             (Some(_), Some(host)) if !host.is_empty() => host,
             _ => STANDALONE_CLAIMER.to_string(),
         }
-    }
-
-    /// Whether this pod re-examines, at start, the jobs other dispatchers left
-    /// `processing`. `recover` sends back to pending every job claimed by anyone else, so a
-    /// pod that dispatches nothing must not run it while the shard's dispatcher is sending:
-    /// that job would be sent twice.
-    pub fn recovers_at_start(&self, dispatches_any_printer: bool) -> bool {
-        self.replicas <= 1 || dispatches_any_printer
     }
 }
 
@@ -179,6 +216,8 @@ pub async fn connect_postgres(
         }
     }
 }
+
+pub mod leadership;
 
 #[cfg(test)]
 mod tests;

@@ -145,6 +145,9 @@ pub struct NewJob {
 pub struct Claimer {
     pub id: String,
     pub epoch: i64,
+    /// The shard it leads (`JobStore::lead_shard`): it claims only while the store still
+    /// names it the shard's leader at this epoch. `None`: the only dispatcher of its store.
+    pub shard: Option<String>,
 }
 
 /// A job as the store knows it.

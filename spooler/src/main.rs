@@ -8,14 +8,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use printfleet_spooler::accounting::report::ReportArgs;
 use printfleet_spooler::app::{App, Settings};
 use printfleet_spooler::auth::Authenticator;
-use printfleet_spooler::cluster::{self, ClusterOptions};
+use printfleet_spooler::cluster::leadership::{self, LeaseSettings};
+use printfleet_spooler::cluster::{self, ClusterOptions, DispatchRole};
 use printfleet_spooler::config::{self, Config};
 use printfleet_spooler::dispatch::{self, DispatchHandle};
-use printfleet_spooler::job::Claimer;
+use printfleet_spooler::job::{Claimer, JobId};
 use printfleet_spooler::metrics::Metrics;
 use printfleet_spooler::store::{
     DocumentStore, JobStore, LocalDocumentStore, ObjectDocumentStore, SqliteJobStore,
@@ -89,9 +91,21 @@ struct Cli {
     /// This pod's dispatcher identity [default: the host (pod) name with --store-dsn].
     #[arg(long, env = "PRINTFLEET_CLAIMER_ID")]
     claimer_id: Option<String>,
-    /// How many pods run this shard (more than one needs --store-dsn and --documents-url).
+    /// How many pods run this shard (more than one needs --store-dsn, --documents-url and
+    /// --shard-lease).
     #[arg(long, env = "PRINTFLEET_REPLICAS", default_value_t = 1)]
     replicas: u32,
+    /// Dispatch --shard only while holding this `coordination.k8s.io/v1` Lease (set by the
+    /// operator). The Kubernetes API is the pod's service account, else KUBECONFIG.
+    #[arg(long, env = "PRINTFLEET_SHARD_LEASE")]
+    shard_lease: Option<String>,
+    /// Namespace of the shard Lease [default: the client's, a pod's own].
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Seconds a leader holds the shard Lease without renewing it; a leader that cannot
+    /// renew stops dispatching before then.
+    #[arg(long, env = "PRINTFLEET_LEASE_DURATION", default_value_t = 15)]
+    lease_duration: u64,
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
@@ -145,20 +159,14 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let store = open_job_store(&cli).await?;
     let documents = open_document_store(&cli, &cluster)?;
 
-    // A new epoch per start fences anything a previous run of this process left claimed;
-    // those jobs go back to pending and are the only ones that may print twice.
     let claimer_id = cluster.claimer_id(cluster::host_name());
-    let claimer = Claimer {
-        epoch: store.next_epoch(&claimer_id).await?,
-        id: claimer_id,
-    };
-    let dispatches_any_printer = !config.dispatched_printers(cli.shard.as_deref()).is_empty();
-    if cluster.recovers_at_start(dispatches_any_printer) {
-        let recovered = store.recover(&claimer).await?;
-        if !recovered.is_empty() {
-            tracing::warn!(jobs = ?recovered, "jobs that were being sent when their dispatcher stopped will be sent again");
+    let role = cluster.dispatch_role();
+    let standalone_claimer = match role {
+        DispatchRole::Standalone => {
+            Some(standalone_takeover(store.as_ref(), claimer_id.clone()).await?)
         }
-    }
+        _ => None,
+    };
 
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => Some(printfleet_spooler::http::tls_acceptor(cert, key)?),
@@ -190,13 +198,48 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     tracing::info!(
         listen = %cli.listen,
         state_dir = %cli.state_dir.display(),
-        claimer = %claimer.id,
-        epoch = claimer.epoch,
+        claimer = %claimer_id,
+        ?role,
         "printfleet spooler ready"
     );
 
-    let (stop_dispatch, dispatch_stopped) = tokio::sync::watch::channel(false);
-    let dispatcher = start_dispatcher(app.clone(), claimer, dispatch_stopped)?;
+    let (stop_dispatch, dispatch_stopped) = watch::channel(false);
+    let (release_lease, lease_released) = watch::channel(false);
+    let mut lease_task = None;
+    let dispatcher = match role {
+        DispatchRole::Standalone => {
+            let claimer = standalone_claimer.context("the standalone claimer")?;
+            start_dispatcher(dispatch::run(app.clone(), claimer, dispatch_stopped))?
+        }
+        DispatchRole::Shard { shard } => {
+            let (claimer, recovered) = app.store.lead_shard(&shard, &claimer_id).await?;
+            warn_recovered(&recovered);
+            start_dispatcher(dispatch::run(app.clone(), claimer, dispatch_stopped))?
+        }
+        DispatchRole::LeasedShard { shard, lease } => {
+            let settings = LeaseSettings {
+                name: lease,
+                namespace: cli.lease_namespace.clone(),
+                identity: claimer_id.clone(),
+                duration_seconds: cli.lease_duration,
+            };
+            let client = leadership::lease_client(&settings).await?;
+            let (leading_tx, leading) = watch::channel(false);
+            lease_task = Some(tokio::spawn(leadership::hold_lease(
+                client,
+                settings,
+                leading_tx,
+                lease_released,
+            )));
+            start_dispatcher(leadership::dispatch_while_leading(
+                app.clone(),
+                shard,
+                claimer_id,
+                leading,
+                dispatch_stopped,
+            ))?
+        }
+    };
     printfleet_spooler::http::serve(app.clone(), listener, tls, shutdown_signal()).await?;
 
     // Jobs not yet sent stay pending in the store for the next start.
@@ -209,8 +252,32 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             "a printer was still receiving a job at shutdown; it will be sent again at the next start"
         );
     }
+    // Only now may a standby lead: this pod sends nothing more.
+    let _ = release_lease.send(true);
+    if let Some(task) = lease_task {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A standalone spooler's dispatcher identity: a new epoch per start fences anything a
+/// previous run left claimed; those jobs go back to pending and are the only ones that may
+/// print twice.
+async fn standalone_takeover(store: &dyn JobStore, claimer_id: String) -> anyhow::Result<Claimer> {
+    let claimer = Claimer {
+        epoch: store.next_epoch(&claimer_id).await?,
+        id: claimer_id,
+        shard: None,
+    };
+    warn_recovered(&store.recover(&claimer).await?);
+    Ok(claimer)
+}
+
+fn warn_recovered(recovered: &[JobId]) {
+    if !recovered.is_empty() {
+        tracing::warn!(jobs = ?recovered, "jobs that were being sent when their dispatcher stopped will be sent again");
+    }
 }
 
 /// Dispatch runs on a runtime of its own, on a thread of its own: under a flood of
@@ -218,9 +285,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
 /// submissions' runtime its few tasks would queue behind every connection's. The receiver
 /// hears when dispatch has stopped.
 fn start_dispatcher(
-    app: Arc<App>,
-    claimer: Claimer,
-    stopped: tokio::sync::watch::Receiver<bool>,
+    dispatch: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -230,7 +295,7 @@ fn start_dispatcher(
     std::thread::Builder::new()
         .name("dispatch".into())
         .spawn(move || {
-            runtime.block_on(dispatch::run(app, claimer, stopped));
+            runtime.block_on(dispatch);
             let _ = done.send(());
         })
         .context("starting the dispatch thread")?;
@@ -247,6 +312,8 @@ impl Cli {
             s3_credentials_dir: self.s3_credentials_dir.clone(),
             claimer_id: self.claimer_id.clone(),
             replicas: self.replicas,
+            shard: self.shard.clone(),
+            shard_lease: self.shard_lease.clone(),
         }
     }
 }

@@ -1,20 +1,9 @@
 //! The operator binary run as its own process against the API double, as a pod runs it.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use tokio::process::{Child, Command};
-
-/// A kubeconfig that points at the double (plain HTTP, no credentials).
-pub fn write_kubeconfig(dir: &Path, address: SocketAddr) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: http://{address}\nusers:\n- name: nobody\n  user: {{}}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\ncurrent-context: double\n"
-    );
-    std::fs::write(&path, text).expect("write the kubeconfig");
-    path
-}
 
 /// A running `printfleet-operator`; killed when dropped.
 pub struct OperatorProcess {

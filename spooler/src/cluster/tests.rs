@@ -20,7 +20,6 @@ fn one_standalone_pod_needs_no_shared_store() {
         ..ClusterOptions::default()
     };
     assert_eq!(standalone.check(), Ok(()));
-    assert_eq!(cluster(3).check(), Ok(()));
 }
 
 #[test]
@@ -125,10 +124,50 @@ fn the_claimer_is_the_pod_name_in_cluster_mode() {
 }
 
 #[test]
-fn only_a_dispatching_pod_of_several_recovers() {
-    assert!(cluster(1).recovers_at_start(false));
-    assert!(cluster(3).recovers_at_start(true));
-    assert!(!cluster(3).recovers_at_start(false));
+fn several_replicas_need_a_shard_lease_and_the_lease_a_shard() {
+    let leased = ClusterOptions {
+        shard: Some("printfleet-shard-0".into()),
+        shard_lease: Some("printfleet-shard-0".into()),
+        ..cluster(3)
+    };
+    assert_eq!(
+        ClusterOptions {
+            shard_lease: None,
+            ..leased.clone()
+        }
+        .check(),
+        Err(ClusterError::UnledReplicas { replicas: 3 })
+    );
+    assert_eq!(
+        ClusterOptions {
+            shard: None,
+            ..leased.clone()
+        }
+        .check(),
+        Err(ClusterError::LeaseWithoutShard)
+    );
+    assert_eq!(
+        leased.dispatch_role(),
+        DispatchRole::LeasedShard {
+            shard: "printfleet-shard-0".into(),
+            lease: "printfleet-shard-0".into()
+        }
+    );
+    let one_pod = ClusterOptions {
+        shard: Some("east".into()),
+        ..cluster(1)
+    };
+    assert_eq!(one_pod.check(), Ok(()));
+    assert_eq!(
+        one_pod.dispatch_role(),
+        DispatchRole::Shard {
+            shard: "east".into()
+        }
+    );
+    assert_eq!(
+        ClusterOptions::default().dispatch_role(),
+        DispatchRole::Standalone
+    );
 }
 
 #[test]

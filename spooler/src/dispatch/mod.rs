@@ -227,7 +227,8 @@ fn start_worker(
 }
 
 /// Resolves once `signal` is true or its sender is gone.
-async fn stopped(signal: &mut watch::Receiver<bool>) {
+/// Waits until `signal` turns true (or its sender is gone).
+pub async fn stopped(signal: &mut watch::Receiver<bool>) {
     loop {
         if *signal.borrow_and_update() {
             return;

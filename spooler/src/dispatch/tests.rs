@@ -118,6 +118,7 @@ impl Harness {
         let claimer = Claimer {
             id: "test-spooler".into(),
             epoch: 1,
+            shard: None,
         };
         self.dispatcher = Some(tokio::spawn(run_with(
             self.app.clone(),

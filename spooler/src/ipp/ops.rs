@@ -429,7 +429,10 @@ fn store_failure(error: StoreError) -> Failure {
         StoreError::Unavailable(_) => {
             Failure::new(StatusCode::ServerErrorServiceUnavailable, error.to_string())
         }
-        StoreError::Fenced(_) | StoreError::Document(_) | StoreError::Internal(_) => {
+        StoreError::Fenced(_)
+        | StoreError::NotLeader { .. }
+        | StoreError::Document(_)
+        | StoreError::Internal(_) => {
             Failure::new(StatusCode::ServerErrorInternalError, error.to_string())
         }
         StoreError::QuotaExceeded(tripped) => admission::quota_refusal(&tripped),

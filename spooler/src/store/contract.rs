@@ -33,6 +33,7 @@ macro_rules! job_store_contract {
             finish_outcomes,
             retry_time,
             recover,
+            shard_leadership,
             paused_queues,
             purge_history,
             next_epoch,
@@ -103,6 +104,7 @@ fn claimer(id: &str, epoch: i64) -> Claimer {
     Claimer {
         id: id.to_string(),
         epoch,
+        shard: None,
     }
 }
 
@@ -751,6 +753,81 @@ pub(crate) async fn retry_time(backend: &dyn Backend) {
         None
     );
     assert_eq!(state_of(store.as_ref(), later).await, JobState::Pending);
+}
+
+/// `lead_shard`: each takeover is a new epoch that fences the earlier leaders' claims, and
+/// returns to pending exactly the jobs the shard's earlier leaders left processing.
+pub(crate) async fn shard_leadership(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let claim = |claimer: Claimer, queue: &'static str| {
+        let store = store.clone();
+        async move { store.claim_next(&queues(&[queue]), "p1", &claimer).await }
+    };
+    let (first, none) = store.lead_shard("east", "pod-a").await.expect("lead");
+    assert_eq!(first.shard.as_deref(), Some("east"));
+    assert!(none.is_empty());
+    let (west, _) = store.lead_shard("west", "pod-w").await.expect("lead west");
+
+    let in_flight = create(store.as_ref(), new_job("e1", "alice")).await;
+    let west_job = create(store.as_ref(), new_job("w1", "alice")).await;
+    let waiting = create(store.as_ref(), new_job("e1", "alice")).await;
+    let claimed = claim(first.clone(), "e1")
+        .await
+        .expect("claim")
+        .expect("job");
+    assert_eq!(claimed.id, in_flight);
+    let claimed = claim(west.clone(), "w1")
+        .await
+        .expect("claim")
+        .expect("job");
+    assert_eq!(claimed.id, west_job);
+
+    let (second, recovered) = store.lead_shard("east", "pod-b").await.expect("take over");
+    assert!(second.epoch > first.epoch);
+    assert_eq!(recovered, vec![in_flight], "only the east leader's job");
+    assert_eq!(state_of(store.as_ref(), in_flight).await, JobState::Pending);
+    assert_eq!(
+        state_of(store.as_ref(), west_job).await,
+        JobState::Processing,
+        "another shard's job is left to its leader"
+    );
+
+    // The deposed leader claims nothing more and cannot finish what was taken back.
+    assert!(matches!(
+        claim(first.clone(), "e1").await,
+        Err(StoreError::NotLeader { shard }) if shard == "east"
+    ));
+    let completed = Outcome::Completed {
+        printer: "p1".into(),
+        impressions: None,
+        sheets: None,
+    };
+    assert!(matches!(
+        store.finish(in_flight, &first, completed.clone()).await,
+        Err(StoreError::Fenced(_))
+    ));
+    let mut sent = Vec::new();
+    while let Some(job) = claim(second.clone(), "e1").await.expect("claim") {
+        sent.push(job.id);
+        store
+            .finish(job.id, &second, completed.clone())
+            .await
+            .expect("finish");
+    }
+    assert_eq!(sent, vec![in_flight, waiting]);
+
+    // The same pod leading again is a new term too: its old claim is fenced.
+    let (third, _) = store.lead_shard("east", "pod-b").await.expect("lead again");
+    assert!(third.epoch > second.epoch);
+    assert!(matches!(
+        claim(second, "e1").await,
+        Err(StoreError::NotLeader { .. })
+    ));
+    assert!(claim(third, "e1").await.expect("claim").is_none());
+    store
+        .finish(west_job, &west, completed)
+        .await
+        .expect("the west leader is unaffected");
 }
 
 pub(crate) async fn recover(backend: &dyn Backend) {

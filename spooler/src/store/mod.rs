@@ -60,6 +60,9 @@ pub enum StoreError {
     /// The caller no longer holds the job's claim (another dispatcher took it over).
     #[error("job {0} is no longer claimed by this dispatcher")]
     Fenced(JobId),
+    /// Another dispatcher has led the shard since this one took it (`lead_shard`).
+    #[error("this dispatcher no longer leads shard {shard}")]
+    NotLeader { shard: String },
     /// The store cannot be reached or is busy; the caller may retry
     /// (IPP `server-error-service-unavailable`).
     #[error("store unavailable: {0}")]
@@ -151,7 +154,8 @@ pub trait JobStore: Send + Sync {
     async fn inline_document(&self, id: JobId, number: i32) -> Result<Option<Bytes>, StoreError>;
     /// Atomically claim the next job for `printer` among `queues`: highest priority first,
     /// then lowest job-id; only pending jobs with all documents whose retry time has come,
-    /// on queues that are not paused.
+    /// on queues that are not paused. With `claimer.shard`, `NotLeader` once another
+    /// dispatcher has led the shard since the claimer took it.
     async fn claim_next(
         &self,
         queues: &[String],
@@ -170,6 +174,15 @@ pub trait JobStore: Send + Sync {
     /// (or by an older epoch of it) go back to pending; returns their ids. They may be sent
     /// again: the only case in which a job can print twice.
     async fn recover(&self, current: &Claimer) -> Result<Vec<JobId>, StoreError>;
+    /// Takes over dispatch of `shard` for `claimer_id`, in one transaction: the shard's
+    /// next epoch names it the leader, which fences every earlier leader (its claims fail
+    /// with `NotLeader` from then on), and the jobs earlier leaders left `processing` go
+    /// back to pending (returned; like `recover`, they may be sent again).
+    async fn lead_shard(
+        &self,
+        shard: &str,
+        claimer_id: &str,
+    ) -> Result<(Claimer, Vec<JobId>), StoreError>;
     /// Pause-Printer / Resume-Printer, persisted.
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
     async fn paused_queues(&self) -> Result<Vec<String>, StoreError>;

@@ -75,6 +75,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE epochs (claimer_id TEXT PRIMARY KEY, epoch BIGINT NOT NULL);
 ",
     ledger::MIGRATION,
+    // Shard leadership (see `JobStore::lead_shard`): the current leader and epoch per
+    // shard, and the shard a processing job was claimed for.
+    "
+    CREATE TABLE shard_leaders (
+        shard TEXT PRIMARY KEY,
+        claimer_id TEXT NOT NULL,
+        epoch BIGINT NOT NULL
+    );
+    ALTER TABLE jobs ADD COLUMN claimer_shard TEXT;
+    ",
 ];
 
 /// Serializes migrations of pods starting together (a `pg_advisory_xact_lock` key).
@@ -92,6 +102,16 @@ macro_rules! job_columns {
                  'name', d.name, 'size', d.size, 'key', d.key) ORDER BY d.number), '[]')::text \
           FROM documents d WHERE d.job_id = jobs.id) "
     };
+}
+
+/// The ids of `RETURNING id` rows, in order.
+fn job_ids(rows: &[Row]) -> Result<Vec<JobId>, StoreError> {
+    let mut ids = rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<Vec<JobId>, _>>()?;
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// How the store uses its connections.
@@ -382,13 +402,19 @@ impl Database {
         let client = self.client().await?;
         let (now_s, now_ms) = now();
         // SKIP LOCKED: a job another dispatcher is claiming right now is passed over, not
-        // waited for; the re-check under the row lock keeps a just-claimed job out.
+        // waited for; the re-check under the row lock keeps a just-claimed job out. A shard
+        // leader's claim holds its `shard_leaders` row FOR SHARE: `lead_shard` (which
+        // updates the row) waits for claims in flight, and claims after it see the new
+        // epoch and claim nothing.
         let statement = client
             .prepare_cached(concat!(
-                "UPDATE jobs SET state = $1, processing_at = $2, printer = $3, \
-                 attempts = attempts + 1, claimer_id = $4, claimer_epoch = $5, reasons = $6, \
-                 message = NULL \
-                 WHERE id = (SELECT id FROM jobs \
+                "WITH leader AS (SELECT 1 FROM shard_leaders \
+                     WHERE shard = $10 AND claimer_id = $4 AND epoch = $5 FOR SHARE) \
+                 UPDATE jobs SET state = $1, processing_at = $2, printer = $3, \
+                 attempts = attempts + 1, claimer_id = $4, claimer_epoch = $5, \
+                 claimer_shard = $10, reasons = $6, message = NULL \
+                 WHERE ($10::text IS NULL OR EXISTS (SELECT 1 FROM leader)) \
+                   AND id = (SELECT id FROM jobs \
                      WHERE state = $7 AND documents_complete AND retry_at_ms <= $8 \
                        AND queue = ANY($9) \
                        AND queue NOT IN (SELECT queue FROM paused_queues) \
@@ -410,10 +436,30 @@ impl Database {
                     &JobState::Pending.as_i32(),
                     &now_ms,
                     &queues,
+                    &claimer.shard,
                 ],
             )
             .await?;
-        row.as_ref().map(job_from_row).transpose()
+        if let Some(row) = row {
+            return job_from_row(&row).map(Some);
+        }
+        // Nothing claimed: nothing ready, or no longer the leader (told apart only then).
+        if let Some(shard) = &claimer.shard {
+            let leads = client
+                .query_opt(
+                    "SELECT 1 FROM shard_leaders \
+                     WHERE shard = $1 AND claimer_id = $2 AND epoch = $3",
+                    &[shard, &claimer.id, &claimer.epoch],
+                )
+                .await?
+                .is_some();
+            if !leads {
+                return Err(StoreError::NotLeader {
+                    shard: shard.clone(),
+                });
+            }
+        }
+        Ok(None)
     }
 
     async fn finish(
@@ -447,7 +493,8 @@ impl Database {
                     "UPDATE jobs SET state = $2, reasons = $3, message = $4, printer = $5, \
                      completed_at = $6, retry_at_ms = COALESCE($7, retry_at_ms), \
                      impressions_completed = $8, sheets_completed = $9, \
-                     claimer_id = NULL, claimer_epoch = NULL WHERE id = $1 RETURNING ",
+                     claimer_id = NULL, claimer_epoch = NULL, claimer_shard = NULL \
+                     WHERE id = $1 RETURNING ",
                     job_columns!()
                 ),
                 &[
@@ -476,7 +523,7 @@ impl Database {
         let rows = client
             .query(
                 "UPDATE jobs SET state = $1, reasons = '[]', claimer_id = NULL, \
-                 claimer_epoch = NULL \
+                 claimer_epoch = NULL, claimer_shard = NULL \
                  WHERE state = $2 AND (claimer_id IS DISTINCT FROM $3 OR claimer_epoch < $4) \
                  RETURNING id",
                 &[
@@ -487,12 +534,47 @@ impl Database {
                 ],
             )
             .await?;
-        let mut ids = rows
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<Vec<JobId>, _>>()?;
-        ids.sort_unstable();
-        Ok(ids)
+        job_ids(&rows)
+    }
+
+    async fn lead_shard(
+        &self,
+        shard: &str,
+        claimer_id: &str,
+    ) -> Result<(Claimer, Vec<JobId>), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The row lock waits for the earlier leader's claims in flight (they hold it FOR
+        // SHARE), so the recovery below sees every job they claimed.
+        let epoch: i64 = tx
+            .query_one(
+                "INSERT INTO shard_leaders (shard, claimer_id, epoch) VALUES ($1, $2, 1) \
+                 ON CONFLICT (shard) DO UPDATE SET claimer_id = excluded.claimer_id, \
+                 epoch = shard_leaders.epoch + 1 RETURNING epoch",
+                &[&shard, &claimer_id],
+            )
+            .await?
+            .try_get(0)?;
+        let rows = tx
+            .query(
+                "UPDATE jobs SET state = $1, reasons = '[]', claimer_id = NULL, \
+                 claimer_epoch = NULL, claimer_shard = NULL \
+                 WHERE state = $2 AND claimer_shard = $3 RETURNING id",
+                &[
+                    &JobState::Pending.as_i32(),
+                    &JobState::Processing.as_i32(),
+                    &shard,
+                ],
+            )
+            .await?;
+        let recovered = job_ids(&rows)?;
+        tx.commit().await?;
+        let claimer = Claimer {
+            id: claimer_id.to_string(),
+            epoch,
+            shard: Some(shard.to_string()),
+        };
+        Ok((claimer, recovered))
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
@@ -922,6 +1004,15 @@ impl JobStore for PostgresJobStore {
 
     async fn recover(&self, current: &Claimer) -> Result<Vec<JobId>, StoreError> {
         self.bounded(self.database.recover(current)).await
+    }
+
+    async fn lead_shard(
+        &self,
+        shard: &str,
+        claimer_id: &str,
+    ) -> Result<(Claimer, Vec<JobId>), StoreError> {
+        self.bounded(self.database.lead_shard(shard, claimer_id))
+            .await
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {

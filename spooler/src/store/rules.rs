@@ -235,6 +235,7 @@ mod tests {
         let me = Claimer {
             id: "a".into(),
             epoch: 2,
+            shard: None,
         };
         assert_eq!(
             fence(JobState::Processing, Some("a"), Some(2), &me),

@@ -76,7 +76,19 @@ const MIGRATIONS: &[&str] = &[
 ",
     ledger::MIGRATION,
     ledger::QUOTA_TOTALS_MIGRATION,
+    SHARD_LEADERS_MIGRATION,
 ];
+
+/// Shard leadership (see `JobStore::lead_shard`): the current leader and epoch per shard,
+/// and the shard a processing job was claimed for.
+const SHARD_LEADERS_MIGRATION: &str = "
+    CREATE TABLE shard_leaders (
+        shard TEXT PRIMARY KEY,
+        claimer_id TEXT NOT NULL,
+        epoch INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE jobs ADD COLUMN claimer_shard TEXT;
+";
 
 mod ledger;
 
@@ -805,11 +817,24 @@ fn claim_next(
     printer: &str,
     claimer: &Claimer,
 ) -> Result<Option<Job>, StoreError> {
+    if let Some(shard) = &claimer.shard {
+        let leads = conn
+            .prepare_cached(
+                "SELECT 1 FROM shard_leaders WHERE shard = ?1 AND claimer_id = ?2 AND epoch = ?3",
+            )?
+            .exists(params![shard, claimer.id, claimer.epoch])?;
+        if !leads {
+            return Err(StoreError::NotLeader {
+                shard: shard.clone(),
+            });
+        }
+    }
     let (now_s, now_ms) = now();
     let claimed: Option<JobId> = conn
         .prepare_cached(
             "UPDATE jobs SET state = ?1, processing_at = ?2, printer = ?3, attempts = attempts + 1, \
-             claimer_id = ?4, claimer_epoch = ?5, reasons = ?6, message = NULL \
+             claimer_id = ?4, claimer_epoch = ?5, claimer_shard = ?10, reasons = ?6, \
+             message = NULL \
              WHERE id = (SELECT id FROM jobs \
                  WHERE state = ?7 AND documents_complete = 1 AND retry_at_ms <= ?8 \
                    AND queue IN (SELECT value FROM json_each(?9)) \
@@ -828,6 +853,7 @@ fn claim_next(
                 JobState::Pending.as_i32(),
                 now_ms,
                 queues,
+                claimer.shard,
             ],
             |row| row.get(0),
         )
@@ -859,7 +885,7 @@ fn finish(
         "UPDATE jobs SET state = ?2, reasons = ?3, message = ?4, printer = ?5, \
          completed_at = ?6, retry_at_ms = COALESCE(?7, retry_at_ms), \
          impressions_completed = ?8, sheets_completed = ?9, \
-         claimer_id = NULL, claimer_epoch = NULL WHERE id = ?1",
+         claimer_id = NULL, claimer_epoch = NULL, claimer_shard = NULL WHERE id = ?1",
     )?
     .execute(params![
         id,
@@ -879,9 +905,10 @@ fn finish(
 }
 
 fn recover(conn: &Connection, current: &Claimer) -> Result<Vec<JobId>, StoreError> {
-    let mut ids = conn
+    let ids = conn
         .prepare_cached(
-            "UPDATE jobs SET state = ?1, reasons = '[]', claimer_id = NULL, claimer_epoch = NULL \
+            "UPDATE jobs SET state = ?1, reasons = '[]', claimer_id = NULL, claimer_epoch = NULL, \
+             claimer_shard = NULL \
              WHERE state = ?2 AND (claimer_id IS NOT ?3 OR claimer_epoch < ?4) RETURNING id",
         )?
         .query_map(
@@ -894,8 +921,47 @@ fn recover(conn: &Connection, current: &Claimer) -> Result<Vec<JobId>, StoreErro
             |row| row.get(0),
         )?
         .collect::<rusqlite::Result<Vec<JobId>>>()?;
+    Ok(sorted(ids))
+}
+
+fn lead_shard(
+    conn: &Connection,
+    shard: &str,
+    claimer_id: &str,
+) -> Result<(Claimer, Vec<JobId>), StoreError> {
+    let epoch: i64 = conn
+        .prepare_cached(
+            "INSERT INTO shard_leaders (shard, claimer_id, epoch) VALUES (?1, ?2, 1) \
+             ON CONFLICT (shard) DO UPDATE SET claimer_id = excluded.claimer_id, \
+             epoch = epoch + 1 RETURNING epoch",
+        )?
+        .query_row(params![shard, claimer_id], |row| row.get(0))?;
+    let ids = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = ?1, reasons = '[]', claimer_id = NULL, claimer_epoch = NULL, \
+             claimer_shard = NULL \
+             WHERE state = ?2 AND claimer_shard = ?3 RETURNING id",
+        )?
+        .query_map(
+            params![
+                JobState::Pending.as_i32(),
+                JobState::Processing.as_i32(),
+                shard
+            ],
+            |row| row.get(0),
+        )?
+        .collect::<rusqlite::Result<Vec<JobId>>>()?;
+    let claimer = Claimer {
+        id: claimer_id.to_string(),
+        epoch,
+        shard: Some(shard.to_string()),
+    };
+    Ok((claimer, sorted(ids)))
+}
+
+fn sorted(mut ids: Vec<JobId>) -> Vec<JobId> {
     ids.sort_unstable();
-    Ok(ids)
+    ids
 }
 
 /// Finished jobs of `queue` that finished before `finished_before` or are beyond the newest
@@ -1052,6 +1118,16 @@ impl JobStore for SqliteJobStore {
     async fn recover(&self, current: &Claimer) -> Result<Vec<JobId>, StoreError> {
         let current = current.clone();
         self.write(move |conn| recover(conn, &current)).await
+    }
+
+    async fn lead_shard(
+        &self,
+        shard: &str,
+        claimer_id: &str,
+    ) -> Result<(Claimer, Vec<JobId>), StoreError> {
+        let (shard, claimer_id) = (shard.to_string(), claimer_id.to_string());
+        self.write(move |conn| lead_shard(conn, &shard, &claimer_id))
+            .await
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {
@@ -1239,6 +1315,7 @@ mod tests {
         let claimer = Claimer {
             id: "test".into(),
             epoch: 1,
+            shard: None,
         };
         let queues = vec![job.queue.clone()];
         let (claimed, created) = tokio::join!(

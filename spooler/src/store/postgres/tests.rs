@@ -168,6 +168,7 @@ async fn pods_claim_each_job_once() {
             let me = Claimer {
                 id: format!("pod-{}", n % 3),
                 epoch: n as i64,
+                shard: None,
             };
             let mut claimed = Vec::new();
             while let Some(job) = pod
@@ -197,6 +198,7 @@ async fn pods_claim_each_job_once() {
         let intruder = Claimer {
             id: claimer.id.clone(),
             epoch: claimer.epoch + 100,
+            shard: None,
         };
         let pod = &pods[n % 3];
         assert!(matches!(

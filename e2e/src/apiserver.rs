@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1049,4 +1050,14 @@ fn patch_object(
     }
     drop_null_status(&mut next);
     store_update(&mut state, &key, &current, next, writer, target.status)
+}
+
+/// A kubeconfig that points at the double (plain HTTP, no credentials).
+pub fn write_kubeconfig(dir: &Path, address: SocketAddr) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: http://{address}\nusers:\n- name: nobody\n  user: {{}}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\ncurrent-context: double\n"
+    );
+    std::fs::write(&path, text).expect("write the kubeconfig");
+    path
 }

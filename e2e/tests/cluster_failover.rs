@@ -1,0 +1,492 @@
+//! Failover of a shard's dispatcher: three spooler pods of one shard on one PostgreSQL job
+//! store and one S3 document store (moto), electing their dispatcher with the shard's
+//! Lease on the Kubernetes API double.
+//!
+//! While a load generator submits 1,000 jobs round-robin to every pod still alive, the
+//! leader is killed with SIGKILL, and then the next one. What is checked, from what the
+//! printers (a raw 9100 sink and `ippeveprinter`) received and from the ledger:
+//! - every job acknowledged by any pod reaches its printer;
+//! - a job reaches a printer twice only when its first delivery began before a kill and the
+//!   second after it (the one job in transmission at the kill), at most once per printer
+//!   per kill;
+//! - dispatch resumes, on another pod, within 10 s of each kill;
+//! - the ledger charges each acknowledged job exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use printfleet_e2e::apiserver::{ApiServer, write_kubeconfig};
+use printfleet_e2e::cluster::{Moto, Postgres};
+use printfleet_e2e::documents;
+use printfleet_e2e::spooler::{config_yaml, http_get, printer_yaml, queue_yaml};
+use printfleet_e2e::{IppConnection, IppEvePrinter, RawSink, Spooler};
+use tempfile::TempDir;
+
+const SHARD: &str = "printfleet-shard-0";
+const NAMESPACE: &str = "printfleet";
+const LEASE_SECONDS: u64 = 4;
+const BUCKET: &str = "printfleet-failover";
+const MARKER: &str = "failover-job-";
+const USER: &str = "failover";
+const JOBS: usize = 1000;
+/// Every tenth job goes to the queue of the IPP printer, the others to the 9100 sink.
+const IPP_EVERY: usize = 10;
+/// Submissions per second, so the load spans both kills and both takeovers.
+const RATE: usize = 40;
+const RESUME_LIMIT: Duration = Duration::from_secs(10);
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(180);
+/// 0.10 EUR per impression.
+const PRICE_MINOR: i64 = 10;
+
+fn queue_of(submission: usize) -> &'static str {
+    if submission.is_multiple_of(IPP_EVERY) {
+        "failover-ipp"
+    } else {
+        "failover-raw"
+    }
+}
+
+/// Small documents stay inline in the job row, larger ones go to S3: alternate, so both
+/// shared stores are used.
+fn document(submission: usize) -> Bytes {
+    let size = if submission.is_multiple_of(2) {
+        4 * 1024
+    } else {
+        80 * 1024
+    };
+    documents::pdf(&format!("{MARKER}{submission:04}"), size).into()
+}
+
+fn marker_in(bytes: &[u8]) -> Option<usize> {
+    let text = String::from_utf8_lossy(bytes);
+    let start = text.find(MARKER)? + MARKER.len();
+    text.get(start..start + 4)?.parse().ok()
+}
+
+/// The shared stores, the API double and what every pod is started with.
+struct Cluster {
+    postgres: Postgres,
+    moto: Moto,
+    api: ApiServer,
+    /// S3 credentials and the kubeconfig.
+    files: TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let postgres = Postgres::start().expect("PostgreSQL");
+        let moto = Moto::start().expect("moto");
+        moto.create_bucket(BUCKET).expect("bucket");
+        let files = tempfile::tempdir().expect("temp dir");
+        moto.write_credentials(files.path())
+            .expect("S3 credentials");
+        let api = ApiServer::start(&[]).await;
+        let kubeconfig = write_kubeconfig(files.path(), api.address);
+        Cluster {
+            postgres,
+            moto,
+            api,
+            files,
+            kubeconfig,
+        }
+    }
+
+    fn pod(&self, config: &str, name: &str) -> Spooler {
+        let args = [
+            "--store-dsn".to_string(),
+            self.postgres.dsn(),
+            "--documents-url".into(),
+            format!("s3://{BUCKET}/jobs"),
+            "--s3-endpoint".into(),
+            self.moto.endpoint(),
+            "--s3-region".into(),
+            "us-east-1".into(),
+            "--s3-credentials-dir".into(),
+            self.files.path().display().to_string(),
+            "--claimer-id".into(),
+            name.into(),
+            "--replicas".into(),
+            "3".into(),
+            "--shard".into(),
+            SHARD.into(),
+            "--shard-lease".into(),
+            SHARD.into(),
+            "--lease-namespace".into(),
+            NAMESPACE.into(),
+            "--lease-duration".into(),
+            LEASE_SECONDS.to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let kubeconfig = self.kubeconfig.display().to_string();
+        Spooler::start_with_env(config, &args, &[("KUBECONFIG", &kubeconfig)]).unwrap_or_else(
+            |error| {
+                panic!(
+                    "pod {name} did not start: {error}\n--- postgres ---\n{}",
+                    self.postgres.log()
+                )
+            },
+        )
+    }
+
+    fn leader(&self) -> Option<String> {
+        self.api
+            .get("coordination.k8s.io/v1/leases", NAMESPACE, SHARD)?["spec"]["holderIdentity"]
+            .as_str()
+            .map(str::to_owned)
+    }
+}
+
+/// Each printer's deliveries: submission -> start times of its complete deliveries.
+struct Printed {
+    sink: RawSink,
+    eve: IppEvePrinter,
+    /// ippeveprinter's spool files already read, with the submission each carries and
+    /// when it was first seen.
+    eve_files: Mutex<BTreeMap<PathBuf, (usize, Instant)>>,
+}
+
+impl Printed {
+    fn raw(&self) -> BTreeMap<usize, Vec<Instant>> {
+        let mut by_submission: BTreeMap<usize, Vec<Instant>> = BTreeMap::new();
+        for delivery in self.sink.deliveries() {
+            if let Some(submission) = marker_in(&delivery.head)
+                && delivery.finished.is_some()
+                && delivery.bytes == document(submission).len() as u64
+            {
+                by_submission
+                    .entry(submission)
+                    .or_default()
+                    .push(delivery.started);
+            }
+        }
+        by_submission
+    }
+
+    /// ippeveprinter keeps one spool file per job it received; a file counts from when it
+    /// is complete (it holds the whole document).
+    fn ipp(&self) -> BTreeMap<usize, Vec<Instant>> {
+        let mut seen = self.eve_files.lock().expect("lock");
+        for path in self.eve.received_files() {
+            if seen.contains_key(&path) {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            if let Some(submission) = marker_in(&bytes)
+                && bytes.len() == document(submission).len()
+            {
+                seen.insert(path, (submission, Instant::now()));
+            }
+        }
+        let mut by_submission: BTreeMap<usize, Vec<Instant>> = BTreeMap::new();
+        for (submission, at) in seen.values() {
+            by_submission.entry(*submission).or_default().push(*at);
+        }
+        by_submission
+    }
+
+    fn all(&self) -> BTreeMap<usize, Vec<Instant>> {
+        let mut all = self.raw();
+        all.extend(self.ipp());
+        all
+    }
+
+    /// When the first delivery to the raw printer that began after `since` began: only a
+    /// live pod can begin one (a file the IPP printer finishes after a kill may have been
+    /// sent before it).
+    fn first_after(&self, since: Instant) -> Option<Instant> {
+        self.raw()
+            .into_values()
+            .flatten()
+            .filter(|started| *started > since)
+            .min()
+    }
+}
+
+/// Submits `JOBS` jobs at `RATE` per second, job `i` to pod `i % 3`, or to the next pod
+/// alive when that one does not answer. Returns submission -> job-id of the acknowledged.
+async fn load(uris: Vec<String>, acked: Arc<Mutex<BTreeMap<usize, i32>>>) -> Vec<String> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for submission in 0..JOBS {
+        let due = started + Duration::from_secs_f64(submission as f64 / RATE as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let uris = uris.clone();
+        let acked = acked.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut last_error = String::new();
+            for attempt in 0..uris.len() {
+                let uri = &uris[(submission + attempt) % uris.len()];
+                let uri = uri.replace("{queue}", queue_of(submission));
+                let result = async {
+                    let mut client = IppConnection::new(&uri).map_err(|e| e.to_string())?;
+                    client
+                        .print_job(
+                            USER,
+                            &format!("job {submission}"),
+                            "application/pdf",
+                            document(submission),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                .await;
+                match result {
+                    Ok(response) if response.is_success() => {
+                        let job_id = response.integer("job-id").ok_or("no job-id")?;
+                        acked.lock().expect("lock").insert(submission, job_id);
+                        return Ok(());
+                    }
+                    Ok(response) => {
+                        return Err(format!(
+                            "submission {submission} to {uri}: status {:#06x}",
+                            response.raw_status
+                        ));
+                    }
+                    // A killed pod: the client tries the next one, as a Service would.
+                    Err(error) => last_error = error,
+                }
+            }
+            Err(format!(
+                "submission {submission}: no pod answered: {last_error}"
+            ))
+        }));
+    }
+    let mut failures = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(failure)) => failures.push(failure),
+            Err(panic) => failures.push(panic.to_string()),
+        }
+    }
+    failures
+}
+
+async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills the current leader once it has printed something since `since`; returns when
+/// and whom, and how long until another pod printed.
+async fn kill_leader(
+    cluster: &Cluster,
+    pods: &mut BTreeMap<String, Spooler>,
+    printed: &Printed,
+    since: Instant,
+) -> (Instant, String, Duration) {
+    eventually("the leader to print", Duration::from_secs(60), || {
+        printed.first_after(since)
+    })
+    .await;
+    let leader = eventually("a leader", Duration::from_secs(30), || cluster.leader()).await;
+    let pod = pods
+        .get_mut(&leader)
+        .expect("the leader is one of the pods");
+    pod.kill9();
+    let killed_at = Instant::now();
+    let resumed = eventually(
+        "dispatch to resume on another pod",
+        Duration::from_secs(60),
+        || printed.first_after(killed_at),
+    )
+    .await;
+    let new_leader = cluster.leader().unwrap_or_default();
+    assert_ne!(new_leader, leader, "the killed pod cannot lead");
+    (killed_at, leader, resumed - killed_at)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling_jobs() {
+    let cluster = Cluster::start().await;
+    let sink = RawSink::start(4096).await.expect("sink");
+    let eve = IppEvePrinter::start_quick("failover-eve").expect("ippeveprinter");
+    let shard = format!("  annotations:\n    printfleet.io/shard: \"{SHARD}\"\n");
+    let queue = |name: &str, printer: &str| {
+        queue_yaml(name, &[printer], "  accountingPolicy: failover\n").replace(
+            &format!("  name: {name}\n"),
+            &format!("  name: {name}\n{shard}"),
+        )
+    };
+    let config = config_yaml(&[
+        printer_yaml("raw", &sink.uri()),
+        printer_yaml("eve", &eve.uri()),
+        queue("failover-raw", "raw"),
+        queue("failover-ipp", "eve"),
+        "apiVersion: printfleet.io/v1alpha1\nkind: AccountingPolicy\nmetadata:\n  name: failover\nspec:\n  currency: EUR\n  prices:\n    monoImpression: \"0.10\"\n".to_string(),
+    ]);
+    let printed = Printed {
+        sink,
+        eve,
+        eve_files: Mutex::default(),
+    };
+
+    let mut pods: BTreeMap<String, Spooler> = ["pod-0", "pod-1", "pod-2"]
+        .into_iter()
+        .map(|name| (name.to_string(), cluster.pod(&config, name)))
+        .collect();
+    let uris: Vec<String> = pods.values().map(|pod| pod.queue_uri("{queue}")).collect();
+    eventually(
+        "a pod to take the shard Lease",
+        Duration::from_secs(30),
+        || cluster.leader(),
+    )
+    .await;
+
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let started = Instant::now();
+    let load = tokio::spawn(load(uris, acked.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let first = kill_leader(&cluster, &mut pods, &printed, started).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = kill_leader(&cluster, &mut pods, &printed, first.0).await;
+    let failures = load.await.expect("load generator");
+    let load_ended = Instant::now();
+    let acked = acked.lock().expect("lock").clone();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(
+        acked.len(),
+        JOBS,
+        "every submission is acknowledged by some pod"
+    );
+    assert!(
+        second.0 < load_ended,
+        "both kills came while jobs were still being submitted"
+    );
+
+    // Every acknowledged job reaches its printer.
+    let survivor = pods
+        .values()
+        .find(|pod| pod.pid().is_some())
+        .expect("one pod is left");
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    loop {
+        let delivered = printed.all();
+        let missing: Vec<usize> = acked
+            .keys()
+            .filter(|submission| !delivered.contains_key(submission))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acknowledged jobs never printed: {missing:?}\n{}",
+            survivor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut client = IppConnection::new(&survivor.queue_uri("failover-raw")).expect("client");
+    let raw_jobs: BTreeMap<usize, i32> = acked
+        .iter()
+        .filter(|(submission, _)| queue_of(**submission) == "failover-raw")
+        .map(|(s, id)| (*s, *id))
+        .collect();
+    if let Err(problem) = client
+        .wait_until_completed(&raw_jobs, USER, Duration::from_secs(60))
+        .await
+    {
+        panic!("{problem}");
+    }
+    // Time for a wrong extra delivery to show up before judging.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let kills = [first.0, second.0];
+    let mut printed_twice = BTreeSet::new();
+    for (name, deliveries) in [("raw", printed.raw()), ("ipp", printed.ipp())] {
+        let mut twice_per_kill = [0; 2];
+        for (submission, starts) in &deliveries {
+            assert!(
+                acked.contains_key(submission),
+                "submission {submission} was printed but never acknowledged"
+            );
+            match starts.as_slice() {
+                [_] => {}
+                [a, b] => {
+                    let (early, late) = if a < b { (a, b) } else { (b, a) };
+                    let across = kills
+                        .iter()
+                        .position(|kill| early < kill && late > kill)
+                        .unwrap_or_else(|| {
+                            panic!("submission {submission} was printed twice, not across a kill")
+                        });
+                    twice_per_kill[across] += 1;
+                    printed_twice.insert(*submission);
+                }
+                all => panic!("submission {submission} was printed {} times", all.len()),
+            }
+        }
+        assert!(
+            twice_per_kill.iter().all(|twice| *twice <= 1),
+            "{name}: more than the one job in transmission was printed again: {twice_per_kill:?}"
+        );
+    }
+
+    // The ledger charges each job once: the raw printer reports nothing, so its jobs are
+    // settled at the estimate (1 impression, 0.10 EUR); the IPP printer's jobs at what it
+    // reports, the same for each.
+    let ipp_jobs = acked
+        .keys()
+        .filter(|s| queue_of(**s) == "failover-ipp")
+        .count();
+    let rows = eventually("the ledger report", Duration::from_secs(30), || {
+        let (status, body) = http_get(survivor.port(), "/api/v1/reports/queue")?;
+        let report: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let rows: BTreeMap<String, serde_json::Value> = report["rows"]
+            .as_array()?
+            .iter()
+            .map(|row| {
+                (
+                    row["key"].as_str().unwrap_or_default().to_string(),
+                    row.clone(),
+                )
+            })
+            .collect();
+        let settled = rows.get("failover-raw")?["impressions"] == (JOBS - ipp_jobs) as i64;
+        (status == 200 && settled).then_some(rows)
+    })
+    .await;
+    let raw = &rows["failover-raw"];
+    assert_eq!(raw["jobs"], (JOBS - ipp_jobs) as u64, "{raw}");
+    assert_eq!(
+        raw["amount_minor"],
+        (JOBS - ipp_jobs) as i64 * PRICE_MINOR,
+        "{raw}"
+    );
+    let ipp = &rows["failover-ipp"];
+    assert_eq!(ipp["jobs"], ipp_jobs as u64, "{ipp}");
+    let per_job = ipp["impressions"].as_i64().unwrap_or(-1) / ipp_jobs as i64;
+    assert_eq!(
+        ipp["amount_minor"],
+        ipp_jobs as i64 * per_job * PRICE_MINOR,
+        "{ipp}"
+    );
+
+    eprintln!(
+        "{JOBS} jobs acknowledged by 3 pods; leader {} killed, dispatch resumed after {:.2} s; \
+         leader {} killed, resumed after {:.2} s; printed twice: {printed_twice:?}",
+        first.1,
+        first.2.as_secs_f64(),
+        second.1,
+        second.2.as_secs_f64()
+    );
+    for (_, _, resumed) in [first, second] {
+        assert!(
+            resumed < RESUME_LIMIT,
+            "dispatch resumed {resumed:?} after a leader kill"
+        );
+    }
+}
