@@ -71,6 +71,8 @@ struct State {
     groups: Vec<String>,
     /// Requests served, for the benchmark's measure of the double itself.
     requests: u64,
+    /// While true, requests go unanswered, as across a network partition.
+    partitioned: bool,
 }
 
 /// A running double; stops when dropped.
@@ -586,6 +588,11 @@ impl ApiServer {
             .count()
     }
 
+    /// Cuts every client off (requests hang, unanswered) or lets them through again.
+    pub fn set_partitioned(&self, partitioned: bool) {
+        self.state.lock().expect("state").partitioned = partitioned;
+    }
+
     /// Requests served so far.
     pub fn requests(&self) -> u64 {
         self.state.lock().expect("state").requests
@@ -636,6 +643,9 @@ async fn handle(
     state: Arc<Mutex<State>>,
     changes: broadcast::Sender<()>,
 ) -> Response<Body> {
+    while state.lock().expect("state").partitioned {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let path = request.uri().path().to_owned();
     if path == "/apis" {
         let groups = state.lock().expect("state").groups.clone();

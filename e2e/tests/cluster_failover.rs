@@ -6,16 +6,17 @@
 //! leader is killed with SIGKILL, and then the next one. What is checked, from what the
 //! printers (a raw 9100 sink and `ippeveprinter`) received and from the ledger:
 //! - every job acknowledged by any pod reaches its printer;
-//! - a job reaches a printer twice only when its first delivery began before a kill and the
-//!   second after it (the one job in transmission at the kill), at most once per printer
-//!   per kill;
+//! - a job reaches a printer twice only when its first delivery began before a takeover
+//!   and the second after it (the one job in transmission when its leader stopped), at most
+//!   once per printer per takeover (the kills, and any step-down of a leader too slow to
+//!   renew on this busy machine);
 //! - dispatch resumes, on another pod, within 10 s of each kill;
 //! - the ledger charges each acknowledged job exactly once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use printfleet_e2e::apiserver::{ApiServer, write_kubeconfig};
@@ -167,7 +168,7 @@ impl Printed {
     }
 
     /// ippeveprinter keeps one spool file per job it received; a file counts from when it
-    /// is complete (it holds the whole document).
+    /// is seen complete (it holds the whole document).
     fn ipp(&self) -> BTreeMap<usize, Vec<Instant>> {
         let mut seen = self.eve_files.lock().expect("lock");
         for path in self.eve.received_files() {
@@ -208,8 +209,39 @@ impl Printed {
     }
 }
 
+/// Why a submission was not acknowledged.
+enum Refused {
+    /// Nobody answered (a killed pod).
+    Unreachable(String),
+    /// The pod answered with an error.
+    Status(String),
+}
+
+/// Print-Job of `submission` to `uri` (`{queue}` in it names the queue); its job-id.
+async fn print(uri: &str, submission: usize) -> Result<i32, Refused> {
+    let uri = uri.replace("{queue}", queue_of(submission));
+    let mut client = IppConnection::new(&uri).map_err(|e| Refused::Unreachable(e.to_string()))?;
+    let response = client
+        .print_job(
+            USER,
+            &format!("job {submission}"),
+            "application/pdf",
+            document(submission),
+        )
+        .await
+        .map_err(|e| Refused::Unreachable(e.to_string()))?;
+    match response.integer("job-id") {
+        Some(job_id) if response.is_success() => Ok(job_id),
+        _ => Err(Refused::Status(format!(
+            "submission {submission} to {uri}: status {:#06x}",
+            response.raw_status
+        ))),
+    }
+}
+
 /// Submits `JOBS` jobs at `RATE` per second, job `i` to pod `i % 3`, or to the next pod
-/// alive when that one does not answer. Returns submission -> job-id of the acknowledged.
+/// alive when that one does not answer (as a Service would). Records submission -> job-id
+/// of the acknowledged; returns the failures.
 async fn load(uris: Vec<String>, acked: Arc<Mutex<BTreeMap<usize, i32>>>) -> Vec<String> {
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -221,35 +253,13 @@ async fn load(uris: Vec<String>, acked: Arc<Mutex<BTreeMap<usize, i32>>>) -> Vec
         tasks.push(tokio::spawn(async move {
             let mut last_error = String::new();
             for attempt in 0..uris.len() {
-                let uri = &uris[(submission + attempt) % uris.len()];
-                let uri = uri.replace("{queue}", queue_of(submission));
-                let result = async {
-                    let mut client = IppConnection::new(&uri).map_err(|e| e.to_string())?;
-                    client
-                        .print_job(
-                            USER,
-                            &format!("job {submission}"),
-                            "application/pdf",
-                            document(submission),
-                        )
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                .await;
-                match result {
-                    Ok(response) if response.is_success() => {
-                        let job_id = response.integer("job-id").ok_or("no job-id")?;
+                match print(&uris[(submission + attempt) % uris.len()], submission).await {
+                    Ok(job_id) => {
                         acked.lock().expect("lock").insert(submission, job_id);
                         return Ok(());
                     }
-                    Ok(response) => {
-                        return Err(format!(
-                            "submission {submission} to {uri}: status {:#06x}",
-                            response.raw_status
-                        ));
-                    }
-                    // A killed pod: the client tries the next one, as a Service would.
-                    Err(error) => last_error = error,
+                    Err(Refused::Status(status)) => return Err(status),
+                    Err(Refused::Unreachable(error)) => last_error = error,
                 }
             }
             Err(format!(
@@ -266,6 +276,54 @@ async fn load(uris: Vec<String>, acked: Arc<Mutex<BTreeMap<usize, i32>>>) -> Vec
         }
     }
     failures
+}
+
+/// When each pod began to lead the shard (the spooler logs it with each new epoch), on
+/// the test's clock: `clock` is the same moment as an `Instant` and a `SystemTime`.
+fn takeovers<'a>(
+    pods: impl Iterator<Item = &'a Spooler>,
+    clock: (Instant, SystemTime),
+) -> Vec<Instant> {
+    let mut times = Vec::new();
+    for pod in pods {
+        for line in pod.log().lines() {
+            if !line.contains("leading the shard: dispatching") {
+                continue;
+            }
+            let plain: String = strip_ansi(line);
+            let Some(stamp) = plain.split_whitespace().next() else {
+                continue;
+            };
+            let Ok(at) = stamp.parse::<jiff::Timestamp>() else {
+                continue;
+            };
+            let at = SystemTime::from(at);
+            let instant = match at.duration_since(clock.1) {
+                Ok(after) => clock.0 + after,
+                Err(before) => clock.0 - before.duration(),
+            };
+            times.push(instant);
+        }
+    }
+    times.sort();
+    times
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -327,11 +385,22 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
         queue("failover-ipp", "eve"),
         "apiVersion: printfleet.io/v1alpha1\nkind: AccountingPolicy\nmetadata:\n  name: failover\nspec:\n  currency: EUR\n  prices:\n    monoImpression: \"0.10\"\n".to_string(),
     ]);
-    let printed = Printed {
+    let printed = Arc::new(Printed {
         sink,
         eve,
         eve_files: Mutex::default(),
-    };
+    });
+    // The IPP printer's files are looked at all the time, so each is timed within moments
+    // of its arrival.
+    let watcher = tokio::spawn({
+        let printed = printed.clone();
+        async move {
+            loop {
+                printed.ipp();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
 
     let mut pods: BTreeMap<String, Spooler> = ["pod-0", "pod-1", "pod-2"]
         .into_iter()
@@ -347,6 +416,7 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
 
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
     let started = Instant::now();
+    let clock = (started, SystemTime::now());
     let load = tokio::spawn(load(uris, acked.clone()));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let first = kill_leader(&cluster, &mut pods, &printed, started).await;
@@ -404,10 +474,19 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
     // Time for a wrong extra delivery to show up before judging.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let kills = [first.0, second.0];
+    watcher.abort();
+    // The first leader's start is not a takeover; every later one is.
+    let takeovers = takeovers(pods.values(), clock);
+    let takeovers = &takeovers[1.min(takeovers.len())..];
+    for kill in [first.0, second.0] {
+        assert!(
+            takeovers.iter().any(|at| *at > kill),
+            "no pod took over after the kill at {kill:?}"
+        );
+    }
     let mut printed_twice = BTreeSet::new();
     for (name, deliveries) in [("raw", printed.raw()), ("ipp", printed.ipp())] {
-        let mut twice_per_kill = [0; 2];
+        let mut twice_per_takeover = vec![0; takeovers.len()];
         for (submission, starts) in &deliveries {
             assert!(
                 acked.contains_key(submission),
@@ -417,21 +496,25 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
                 [_] => {}
                 [a, b] => {
                     let (early, late) = if a < b { (a, b) } else { (b, a) };
-                    let across = kills
+                    let across = takeovers
                         .iter()
-                        .position(|kill| early < kill && late > kill)
+                        .rposition(|takeover| early < takeover && late > takeover)
                         .unwrap_or_else(|| {
-                            panic!("submission {submission} was printed twice, not across a kill")
+                            panic!(
+                                "submission {submission} was printed twice, not across a \
+                                 takeover ({takeovers:?})"
+                            )
                         });
-                    twice_per_kill[across] += 1;
+                    twice_per_takeover[across] += 1;
                     printed_twice.insert(*submission);
                 }
                 all => panic!("submission {submission} was printed {} times", all.len()),
             }
         }
         assert!(
-            twice_per_kill.iter().all(|twice| *twice <= 1),
-            "{name}: more than the one job in transmission was printed again: {twice_per_kill:?}"
+            twice_per_takeover.iter().all(|twice| *twice <= 1),
+            "{name}: more than the one job in transmission was printed again: \
+             {twice_per_takeover:?}"
         );
     }
 
@@ -477,11 +560,13 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
 
     eprintln!(
         "{JOBS} jobs acknowledged by 3 pods; leader {} killed, dispatch resumed after {:.2} s; \
-         leader {} killed, resumed after {:.2} s; printed twice: {printed_twice:?}",
+         leader {} killed, resumed after {:.2} s; {} takeovers; printed twice: \
+         {printed_twice:?}",
         first.1,
         first.2.as_secs_f64(),
         second.1,
-        second.2.as_secs_f64()
+        second.2.as_secs_f64(),
+        takeovers.len()
     );
     for (_, _, resumed) in [first, second] {
         assert!(
@@ -489,4 +574,88 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
             "dispatch resumed {resumed:?} after a leader kill"
         );
     }
+}
+
+/// A leader cut off from the API server cannot renew its Lease: it stops dispatching before
+/// the Lease could expire (so before any other pod could take it), and dispatch resumes
+/// when the API server is reachable again. Submissions are taken all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expires() {
+    let cluster = Cluster::start().await;
+    let sink = RawSink::start(4096).await.expect("sink");
+    let config = config_yaml(&[
+        printer_yaml("raw", &sink.uri()),
+        queue_yaml("failover-raw", &["raw"], "").replace(
+            "  name: failover-raw\n",
+            &format!(
+                "  name: failover-raw\n  annotations:\n    printfleet.io/shard: \"{SHARD}\"\n"
+            ),
+        ),
+    ]);
+    let pods = [cluster.pod(&config, "pod-0"), cluster.pod(&config, "pod-1")];
+    let uri = pods[0].queue_uri("{queue}");
+    let leader = eventually("a leader", Duration::from_secs(30), || cluster.leader()).await;
+    let printed = |since: Instant| {
+        sink.deliveries()
+            .into_iter()
+            .filter(|delivery| delivery.started > since)
+            .filter_map(|delivery| marker_in(&delivery.head))
+            .collect::<BTreeSet<usize>>()
+    };
+    // Raw-queue submissions only (not multiples of IPP_EVERY).
+    let submissions = |range: std::ops::Range<usize>| range.map(|n| n * IPP_EVERY + 1);
+    for submission in submissions(0..5) {
+        assert!(print(&uri, submission).await.is_ok());
+    }
+    let start = Instant::now() - Duration::from_secs(3600);
+    eventually("the first jobs printed", Duration::from_secs(30), || {
+        (printed(start).len() == 5).then_some(())
+    })
+    .await;
+
+    cluster.api.set_partitioned(true);
+    let cut_at = Instant::now();
+    // Whenever the leader last renewed, its Lease expires within LEASE_SECONDS of the cut.
+    let expiry = cut_at + Duration::from_secs(LEASE_SECONDS);
+    tokio::time::sleep_until(expiry.into()).await;
+    for submission in submissions(5..15) {
+        assert!(
+            print(&uri, submission).await.is_ok(),
+            "submissions do not need the API server"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_expiry = printed(expiry);
+    assert!(
+        after_expiry.is_empty(),
+        "printed {after_expiry:?} after the leader's Lease had expired"
+    );
+    let stepped_down = pods.iter().any(|pod| {
+        pod.log()
+            .contains("cannot renew the shard lease: stepping down")
+    });
+    assert!(stepped_down, "leader {leader} did not step down");
+
+    cluster.api.set_partitioned(false);
+    let healed_at = Instant::now();
+    let expected: BTreeSet<usize> = submissions(5..15).collect();
+    eventually(
+        "the jobs taken during the partition to print",
+        Duration::from_secs(30),
+        || (printed(cut_at) == expected).then_some(()),
+    )
+    .await;
+    eprintln!(
+        "dispatch resumed {:.2} s after the partition healed",
+        (printed_first(&sink, healed_at) - healed_at).as_secs_f64()
+    );
+}
+
+fn printed_first(sink: &RawSink, since: Instant) -> Instant {
+    sink.deliveries()
+        .into_iter()
+        .map(|delivery| delivery.started)
+        .filter(|started| *started > since)
+        .min()
+        .unwrap_or(since)
 }

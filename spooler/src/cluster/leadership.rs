@@ -36,9 +36,10 @@ pub struct LeaseSettings {
 }
 
 impl LeaseSettings {
-    /// The leader renews this long before the Lease expires.
+    /// The leader renews this long before the Lease expires: half of it, so a renewal
+    /// that is slow once (a busy node) is not yet a lost Lease.
     pub fn grace_seconds(&self) -> u64 {
-        (self.duration_seconds / 3).max(1)
+        (self.duration_seconds / 2).max(1)
     }
 
     /// The longest one API request may take: a renewal that fails still fails before the
