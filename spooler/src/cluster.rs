@@ -150,14 +150,16 @@ impl ClusterOptions {
         Some(settings)
     }
 
-    /// This pod's dispatcher identity: the explicit one, else in cluster mode the host name
-    /// (a pod's name), so every pod has its own epochs; standalone, a fixed name.
+    /// This pod's dispatcher identity (also its name in the shard Lease): the explicit
+    /// one, else in cluster mode the host name (a pod's name), so every pod has its own
+    /// epochs and Lease identity; standalone, a fixed name.
     pub fn claimer_id(&self, host_name: Option<String>) -> String {
         if let Some(id) = &self.claimer_id {
             return id.clone();
         }
-        match (&self.store_dsn, host_name) {
-            (Some(_), Some(host)) if !host.is_empty() => host,
+        let clustered = self.store_dsn.is_some() || self.shard_lease.is_some();
+        match host_name {
+            Some(host) if clustered && !host.is_empty() => host,
             _ => STANDALONE_CLAIMER.to_string(),
         }
     }

@@ -121,6 +121,12 @@ fn the_claimer_is_the_pod_name_in_cluster_mode() {
         STANDALONE_CLAIMER
     );
     assert_eq!(cluster(3).claimer_id(None), STANDALONE_CLAIMER);
+    let leased_sqlite_pod = ClusterOptions {
+        shard: Some("printfleet-shard-0".into()),
+        shard_lease: Some("printfleet-shard-0".into()),
+        ..ClusterOptions::default()
+    };
+    assert_eq!(leased_sqlite_pod.claimer_id(host()), "spooler-2");
 }
 
 #[test]
