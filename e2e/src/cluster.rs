@@ -1,6 +1,8 @@
 //! The shared stores of a spooler cluster, as real servers: a PostgreSQL cluster (`initdb`
 //! in a temp dir, `postgres` on a free 127.0.0.1 port) and an S3-protocol server (moto,
 //! installed once into a venv under the target directory). Each stops with its guard.
+//! [`Shard`] puts them together with the Kubernetes API double that holds the shard's
+//! Lease, and starts the shard's pods.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,9 +12,10 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use crate::apiserver::{ApiServer, write_kubeconfig};
 use crate::error::{HarnessError, Result};
 use crate::process::{ChildGuard, free_port, port_open, run, wait_until};
-use crate::spooler::workspace_root;
+use crate::spooler::{Spooler, workspace_root};
 
 /// How long a starting server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,7 +29,17 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// A server for tests: without fsync (a test's data need not survive a power loss).
     pub fn start() -> Result<Postgres> {
+        Postgres::launch(false)
+    }
+
+    /// A server that fsyncs its commits, as in production: for benchmarks.
+    pub fn start_durable() -> Result<Postgres> {
+        Postgres::launch(true)
+    }
+
+    fn launch(fsync: bool) -> Result<Postgres> {
         let bin = postgres_binaries()?;
         let dir = tempfile::Builder::new()
             .prefix("printfleet-e2e-postgres-")
@@ -64,7 +77,10 @@ impl Postgres {
             .args(["-p", &port.to_string(), "-k"])
             .arg(dir.path());
         postgres.args(["-c", "listen_addresses=127.0.0.1"]);
-        postgres.args(["-c", "max_connections=200", "-c", "fsync=off"]);
+        postgres.args(["-c", "max_connections=200"]);
+        if !fsync {
+            postgres.args(["-c", "fsync=off"]);
+        }
         let mut process =
             ChildGuard::spawn("postgres", postgres, &dir.path().join("postgres.log"))?;
         process.wait_ready(START_TIMEOUT, || {
@@ -73,6 +89,11 @@ impl Postgres {
             isready.status().is_ok_and(|status| status.success())
         })?;
         Ok(Postgres { process, dir, port })
+    }
+
+    /// The postmaster's process id (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.process.id()
     }
 
     /// A libpq DSN for the `postgres` database.
@@ -148,7 +169,7 @@ fn postgres_binaries() -> Result<PathBuf> {
 /// An S3-protocol server (moto) on a free port.
 pub struct Moto {
     // Fields drop in order: the server stops before its log directory goes.
-    _process: ChildGuard,
+    process: ChildGuard,
     dir: TempDir,
     port: u16,
 }
@@ -172,11 +193,11 @@ impl Moto {
         ]);
         let mut process = ChildGuard::spawn("moto", moto, &dir.path().join("moto.log"))?;
         process.wait_ready(START_TIMEOUT, || port_open(port))?;
-        Ok(Moto {
-            _process: process,
-            dir,
-            port,
-        })
+        Ok(Moto { process, dir, port })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.id()
     }
 
     /// The S3 endpoint URL.
@@ -281,4 +302,100 @@ fn moto_installed(venv: &Path) -> bool {
                     .is_ok_and(|version| version.path().join("site-packages").join("moto").is_dir())
             })
         })
+}
+
+/// The namespace of the shard's Lease on the API double.
+pub const LEASE_NAMESPACE: &str = "printfleet";
+
+/// One shard of spooler pods as the operator runs it: shared PostgreSQL and S3 (moto)
+/// stores, and its Lease on the Kubernetes API double.
+pub struct Shard {
+    pub name: String,
+    pub postgres: Postgres,
+    pub moto: Moto,
+    pub api: ApiServer,
+    bucket: String,
+    /// S3 credentials and the kubeconfig.
+    files: TempDir,
+    kubeconfig: PathBuf,
+    lease_seconds: u64,
+}
+
+impl Shard {
+    /// Starts the stores (PostgreSQL fsyncing or not) and the API double.
+    pub async fn start(name: &str, lease_seconds: u64, durable: bool) -> Result<Shard> {
+        let postgres = if durable {
+            Postgres::start_durable()?
+        } else {
+            Postgres::start()?
+        };
+        let moto = Moto::start()?;
+        let bucket = "printfleet-shard".to_string();
+        moto.create_bucket(&bucket)?;
+        let files = tempfile::tempdir().map_err(HarnessError::io("creating a temp dir"))?;
+        moto.write_credentials(files.path())?;
+        let api = ApiServer::start(&[]).await;
+        let kubeconfig = write_kubeconfig(files.path(), api.address);
+        Ok(Shard {
+            name: name.to_string(),
+            postgres,
+            moto,
+            api,
+            bucket,
+            files,
+            kubeconfig,
+            lease_seconds,
+        })
+    }
+
+    /// Starts pod `pod` of the shard (one of `replicas`) on `config`.
+    pub fn pod(&self, config: &str, pod: &str, replicas: u32) -> Result<Spooler> {
+        let args = [
+            "--store-dsn".to_string(),
+            self.postgres.dsn(),
+            "--documents-url".into(),
+            format!("s3://{}/jobs", self.bucket),
+            "--s3-endpoint".into(),
+            self.moto.endpoint(),
+            "--s3-region".into(),
+            "us-east-1".into(),
+            "--s3-credentials-dir".into(),
+            self.files.path().display().to_string(),
+            "--claimer-id".into(),
+            pod.into(),
+            "--replicas".into(),
+            replicas.to_string(),
+            "--shard".into(),
+            self.name.clone(),
+            "--shard-lease".into(),
+            self.name.clone(),
+            "--lease-namespace".into(),
+            LEASE_NAMESPACE.into(),
+            "--lease-duration".into(),
+            self.lease_seconds.to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let kubeconfig = self.kubeconfig.display().to_string();
+        Spooler::start_with_env(config, &args, &[("KUBECONFIG", &kubeconfig)])
+    }
+
+    /// The pod holding the shard's Lease.
+    pub fn leader(&self) -> Option<String> {
+        self.api
+            .get("coordination.k8s.io/v1/leases", LEASE_NAMESPACE, &self.name)?["spec"]
+            ["holderIdentity"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// `queue` annotated as one of this shard's, for the pods' configuration.
+    pub fn queue_yaml(&self, queue: &str, printers: &[&str], extra_spec: &str) -> String {
+        crate::spooler::queue_yaml(queue, printers, extra_spec).replace(
+            &format!("  name: {queue}\n"),
+            &format!(
+                "  name: {queue}\n  annotations:\n    printfleet.io/shard: \"{}\"\n",
+                self.name
+            ),
+        )
+    }
 }

@@ -28,6 +28,63 @@ fn parse_status_field(status: &str, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// CPU time (user + system) process `pid` has used so far, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, ticks) = parse_stat(&stat)?;
+    // /proc reports in USER_HZ, 100 per second on Linux whatever the kernel's HZ.
+    Some(ticks as f64 / 100.0)
+}
+
+/// CPU time of process `root` and every live process below it (PostgreSQL's backends).
+pub fn tree_cpu_seconds(root: u32) -> f64 {
+    let mut parents = std::collections::HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some((parent, _)) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .as_deref()
+                .and_then(parse_stat)
+            {
+                parents.insert(pid, parent);
+            }
+        }
+    }
+    let descends = |mut pid: u32| loop {
+        if pid == root {
+            return true;
+        }
+        match parents.get(&pid) {
+            Some(&parent) if parent != 0 && parent != pid => pid = parent,
+            _ => return false,
+        }
+    };
+    parents
+        .keys()
+        .filter(|pid| descends(**pid))
+        .filter_map(|pid| cpu_seconds(*pid))
+        .sum()
+}
+
+/// (parent pid, utime + stime ticks) from a /proc/PID/stat line. The command name (field
+/// 2) may hold spaces and parentheses: fields are counted from its closing parenthesis.
+fn parse_stat(stat: &str) -> Option<(u32, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state (3), ppid (4), ... utime (14), stime (15).
+    let parent = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((parent, utime + stime))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -46,6 +103,15 @@ mod tests {
             Some(Duration::from_millis(1))
         );
         assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn cpu_ticks_and_parent_from_proc_stat() {
+        let stat = "4242 (post gres: (x)) S 4200 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 1 0 1 0 0";
+        assert_eq!(parse_stat(stat), Some((4200, 300)));
+        assert_eq!(parse_stat("garbage"), None);
+        let own = cpu_seconds(std::process::id()).expect("this process's CPU time");
+        assert!(tree_cpu_seconds(std::process::id()) >= own);
     }
 
     #[test]

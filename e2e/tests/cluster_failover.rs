@@ -19,17 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use printfleet_e2e::apiserver::{ApiServer, write_kubeconfig};
-use printfleet_e2e::cluster::{Moto, Postgres};
+use printfleet_e2e::cluster::Shard;
 use printfleet_e2e::documents;
-use printfleet_e2e::spooler::{config_yaml, http_get, printer_yaml, queue_yaml};
+use printfleet_e2e::spooler::{config_yaml, http_get, printer_yaml};
 use printfleet_e2e::{IppConnection, IppEvePrinter, RawSink, Spooler};
-use tempfile::TempDir;
 
 const SHARD: &str = "printfleet-shard-0";
-const NAMESPACE: &str = "printfleet";
 const LEASE_SECONDS: u64 = 4;
-const BUCKET: &str = "printfleet-failover";
 const MARKER: &str = "failover-job-";
 const USER: &str = "failover";
 const JOBS: usize = 1000;
@@ -67,78 +63,20 @@ fn marker_in(bytes: &[u8]) -> Option<usize> {
     text.get(start..start + 4)?.parse().ok()
 }
 
-/// The shared stores, the API double and what every pod is started with.
-struct Cluster {
-    postgres: Postgres,
-    moto: Moto,
-    api: ApiServer,
-    /// S3 credentials and the kubeconfig.
-    files: TempDir,
-    kubeconfig: PathBuf,
+async fn start_shard() -> Shard {
+    Shard::start(SHARD, LEASE_SECONDS, false)
+        .await
+        .expect("PostgreSQL, moto and the API double")
 }
 
-impl Cluster {
-    async fn start() -> Cluster {
-        let postgres = Postgres::start().expect("PostgreSQL");
-        let moto = Moto::start().expect("moto");
-        moto.create_bucket(BUCKET).expect("bucket");
-        let files = tempfile::tempdir().expect("temp dir");
-        moto.write_credentials(files.path())
-            .expect("S3 credentials");
-        let api = ApiServer::start(&[]).await;
-        let kubeconfig = write_kubeconfig(files.path(), api.address);
-        Cluster {
-            postgres,
-            moto,
-            api,
-            files,
-            kubeconfig,
-        }
-    }
-
-    fn pod(&self, config: &str, name: &str) -> Spooler {
-        let args = [
-            "--store-dsn".to_string(),
-            self.postgres.dsn(),
-            "--documents-url".into(),
-            format!("s3://{BUCKET}/jobs"),
-            "--s3-endpoint".into(),
-            self.moto.endpoint(),
-            "--s3-region".into(),
-            "us-east-1".into(),
-            "--s3-credentials-dir".into(),
-            self.files.path().display().to_string(),
-            "--claimer-id".into(),
-            name.into(),
-            "--replicas".into(),
-            "3".into(),
-            "--shard".into(),
-            SHARD.into(),
-            "--shard-lease".into(),
-            SHARD.into(),
-            "--lease-namespace".into(),
-            NAMESPACE.into(),
-            "--lease-duration".into(),
-            LEASE_SECONDS.to_string(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let kubeconfig = self.kubeconfig.display().to_string();
-        Spooler::start_with_env(config, &args, &[("KUBECONFIG", &kubeconfig)]).unwrap_or_else(
-            |error| {
-                panic!(
-                    "pod {name} did not start: {error}\n--- postgres ---\n{}",
-                    self.postgres.log()
-                )
-            },
+/// Pod `name` of three.
+fn pod(shard: &Shard, config: &str, name: &str) -> Spooler {
+    shard.pod(config, name, 3).unwrap_or_else(|error| {
+        panic!(
+            "pod {name} did not start: {error}\n--- postgres ---\n{}",
+            shard.postgres.log()
         )
-    }
-
-    fn leader(&self) -> Option<String> {
-        self.api
-            .get("coordination.k8s.io/v1/leases", NAMESPACE, SHARD)?["spec"]["holderIdentity"]
-            .as_str()
-            .map(str::to_owned)
-    }
+    })
 }
 
 /// Each printer's deliveries: submission -> start times of its complete deliveries.
@@ -340,7 +278,7 @@ async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> O
 /// Kills the current leader once it has printed something since `since`; returns when
 /// and whom, and how long until another pod printed.
 async fn kill_leader(
-    cluster: &Cluster,
+    cluster: &Shard,
     pods: &mut BTreeMap<String, Spooler>,
     printed: &Printed,
     since: Instant,
@@ -368,15 +306,11 @@ async fn kill_leader(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling_jobs() {
-    let cluster = Cluster::start().await;
+    let cluster = start_shard().await;
     let sink = RawSink::start(4096).await.expect("sink");
     let eve = IppEvePrinter::start_quick("failover-eve").expect("ippeveprinter");
-    let shard = format!("  annotations:\n    printfleet.io/shard: \"{SHARD}\"\n");
     let queue = |name: &str, printer: &str| {
-        queue_yaml(name, &[printer], "  accountingPolicy: failover\n").replace(
-            &format!("  name: {name}\n"),
-            &format!("  name: {name}\n{shard}"),
-        )
+        cluster.queue_yaml(name, &[printer], "  accountingPolicy: failover\n")
     };
     let config = config_yaml(&[
         printer_yaml("raw", &sink.uri()),
@@ -404,7 +338,7 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
 
     let mut pods: BTreeMap<String, Spooler> = ["pod-0", "pod-1", "pod-2"]
         .into_iter()
-        .map(|name| (name.to_string(), cluster.pod(&config, name)))
+        .map(|name| (name.to_string(), pod(&cluster, &config, name)))
         .collect();
     let uris: Vec<String> = pods.values().map(|pod| pod.queue_uri("{queue}")).collect();
     eventually(
@@ -581,18 +515,16 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
 /// when the API server is reachable again. Submissions are taken all along.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expires() {
-    let cluster = Cluster::start().await;
+    let cluster = start_shard().await;
     let sink = RawSink::start(4096).await.expect("sink");
     let config = config_yaml(&[
         printer_yaml("raw", &sink.uri()),
-        queue_yaml("failover-raw", &["raw"], "").replace(
-            "  name: failover-raw\n",
-            &format!(
-                "  name: failover-raw\n  annotations:\n    printfleet.io/shard: \"{SHARD}\"\n"
-            ),
-        ),
+        cluster.queue_yaml("failover-raw", &["raw"], ""),
     ]);
-    let pods = [cluster.pod(&config, "pod-0"), cluster.pod(&config, "pod-1")];
+    let pods = [
+        pod(&cluster, &config, "pod-0"),
+        pod(&cluster, &config, "pod-1"),
+    ];
     let uri = pods[0].queue_uri("{queue}");
     let leader = eventually("a leader", Duration::from_secs(30), || cluster.leader()).await;
     let printed = |since: Instant| {

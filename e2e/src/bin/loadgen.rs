@@ -7,6 +7,11 @@
 //!
 //!     cargo run --release -p printfleet-e2e --bin loadgen -- bench --clients 32 --doc-size 65536 --seconds 10
 //!
+//! With `--cluster`, three spooler pods of one shard run the same load too: on PostgreSQL
+//! (fsyncing its commits) and an S3-protocol server (moto), the clients spread over the
+//! pods, the shard's Lease on the Kubernetes API double; then the leader is killed and the
+//! time until another pod prints is measured.
+//!
 //! With `--accounting`, the spooler also runs a second time with an AccountingPolicy on its
 //! queue (prices and a per-user quota no run reaches), so admission's accounting cost (page
 //! counting, pricing, the atomic quota check and the ledger entry) shows side by side.
@@ -16,8 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use printfleet_e2e::cluster::Shard;
 use printfleet_e2e::spooler::{config_yaml, delivered_files, printer_yaml, queue_yaml};
-use printfleet_e2e::stats::{percentile, proc_status_kib};
+use printfleet_e2e::stats::{percentile, proc_status_kib, tree_cpu_seconds};
 use printfleet_e2e::{Cupsd, IppConnection, RawSink, Spooler, documents};
 
 #[derive(Parser)]
@@ -50,6 +56,10 @@ enum Mode {
         /// Also bench the spooler with accounting on its queue, next to accounting off.
         #[arg(long)]
         accounting: bool,
+        /// Also bench three pods of one shard on PostgreSQL and S3 (moto), the shard's
+        /// Lease on the Kubernetes API double, and time a takeover after kill -9.
+        #[arg(long)]
+        cluster: bool,
     },
 }
 
@@ -75,6 +85,9 @@ struct Figures {
     delivered: Option<usize>,
     rss_kib: Option<u64>,
     peak_rss_kib: Option<u64>,
+    /// CPU time the server side used during the run (for a cluster: every pod, PostgreSQL
+    /// and the S3 server).
+    cpu_seconds: Option<f64>,
 }
 
 impl Figures {
@@ -87,6 +100,11 @@ impl Figures {
             .map(|delivered| delivered as f64 / self.elapsed.as_secs_f64())
     }
 
+    fn cpu_ms_per_accepted_job(&self) -> Option<f64> {
+        let cpu = self.cpu_seconds?;
+        (self.accepted > 0).then(|| cpu * 1000.0 / self.accepted as f64)
+    }
+
     fn latency_ms(&self, p: f64) -> Option<f64> {
         percentile(&self.latencies, p).map(|latency| latency.as_secs_f64() * 1000.0)
     }
@@ -95,15 +113,16 @@ impl Figures {
 /// Outcome of one client's run: (latencies of accepted jobs, errors, first error seen).
 type ClientOutcome = (Vec<Duration>, usize, Option<String>);
 
-/// `load.clients` clients submit Print-Job back to back until `load.seconds` pass.
-async fn generate(uri: &str, load: Load) -> anyhow::Result<(Vec<Duration>, usize, Duration)> {
+/// `load.clients` clients submit Print-Job back to back until `load.seconds` pass; client
+/// `i` submits to `uris[i % uris.len()]`.
+async fn generate(uris: &[String], load: Load) -> anyhow::Result<(Vec<Duration>, usize, Duration)> {
     let document = Bytes::from(documents::pdf("printfleet loadgen", load.doc_size));
     let start = Instant::now();
     let deadline = start + Duration::from_secs(load.seconds);
     let mut clients = tokio::task::JoinSet::new();
     for client in 0..load.clients {
         let document = document.clone();
-        let mut connection = IppConnection::new(uri)?;
+        let mut connection = IppConnection::new(&uris[client % uris.len()])?;
         clients.spawn(async move {
             let mut outcome: ClientOutcome = (Vec::new(), 0, None);
             let mut sequence = 0;
@@ -145,18 +164,21 @@ async fn generate(uri: &str, load: Load) -> anyhow::Result<(Vec<Duration>, usize
     }
     let elapsed = start.elapsed();
     if let Some(error) = first_error {
-        eprintln!("{uri}: {errors} failed submissions, first: {error}");
+        eprintln!(
+            "{}: {errors} failed submissions, first: {error}",
+            uris.join(", ")
+        );
     }
     latencies.sort();
     Ok((latencies, errors, elapsed))
 }
 
+/// What a run measured, with the server's process `pid` for its memory figures.
 fn figures(
-    latencies: Vec<Duration>,
-    errors: usize,
-    elapsed: Duration,
+    (latencies, errors, elapsed): (Vec<Duration>, usize, Duration),
     delivered: Option<usize>,
     pid: Option<u32>,
+    cpu_seconds: Option<f64>,
 ) -> Figures {
     Figures {
         accepted: latencies.len(),
@@ -166,7 +188,13 @@ fn figures(
         delivered,
         rss_kib: pid.and_then(|pid| proc_status_kib(pid, "VmRSS")),
         peak_rss_kib: pid.and_then(|pid| proc_status_kib(pid, "VmHWM")),
+        cpu_seconds,
     }
+}
+
+/// CPU seconds used so far by the processes `pids` and their children.
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|pid| tree_cpu_seconds(*pid)).sum()
 }
 
 fn print_single(figures: &Figures) {
@@ -234,6 +262,7 @@ fn print_comparison(load: Load, columns: &[Column], ratios: &[Ratio]) {
     row("p50 latency ms", &|f| f.latency_ms(50.0));
     row("p99 latency ms", &|f| f.latency_ms(99.0));
     row("failed submissions", &|f| Some(f.errors as f64));
+    row("CPU ms/accepted job", &Figures::cpu_ms_per_accepted_job);
     let mib = |kib: Option<u64>| kib.map(|kib| kib as f64 / 1024.0);
     row("RSS MiB (end)", &|f| mib(f.rss_kib));
     row("peak RSS MiB", &|f| mib(f.peak_rss_kib));
@@ -262,37 +291,122 @@ async fn bench_spooler(load: Load, policy: Option<&str>) -> anyhow::Result<Figur
     }
     let config = config_yaml(&documents);
     let spooler = tokio::task::block_in_place(|| Spooler::start(&config))?;
-    let (latencies, errors, elapsed) = generate(&spooler.queue_uri("bench"), load).await?;
+    let pid = spooler.pid().context("the spooler is running")?;
+    let cpu_before = cpu_of(&[pid]);
+    let run = generate(&[spooler.queue_uri("bench")], load).await?;
+    let cpu = cpu_of(&[pid]) - cpu_before;
     let delivered = sink.completed_jobs();
-    Ok(figures(
-        latencies,
-        errors,
-        elapsed,
-        Some(delivered),
-        spooler.pid(),
-    ))
+    Ok(figures(run, Some(delivered), Some(pid), Some(cpu)))
 }
 
 async fn bench_cupsd(load: Load) -> anyhow::Result<Figures> {
     let cupsd = tokio::task::block_in_place(Cupsd::start)?;
     let uri = cupsd.queue_uri(printfleet_e2e::cupsd::NULL_QUEUE);
-    let (latencies, errors, elapsed) = generate(&uri, load).await?;
+    let cpu_before = cpu_of(&[cupsd.pid()]);
+    let run = generate(std::slice::from_ref(&uri), load).await?;
+    let cpu = cpu_of(&[cupsd.pid()]) - cpu_before;
     // cupsd keeps no history here: what it accepted and no longer has queued, it printed.
     let queued = IppConnection::new(&uri)?
         .get_printer_attributes(&["queued-job-count"])
         .await?
         .integer("queued-job-count");
     let delivered = queued.map(|queued| {
-        latencies
+        run.0
             .len()
             .saturating_sub(usize::try_from(queued).unwrap_or(0))
     });
-    Ok(figures(
-        latencies,
-        errors,
-        elapsed,
-        delivered,
-        Some(cupsd.pid()),
+    Ok(figures(run, delivered, Some(cupsd.pid()), Some(cpu)))
+}
+
+/// Seconds a leader holds the bench shard's Lease without renewing it.
+const BENCH_LEASE_SECONDS: u64 = 4;
+
+/// What the cluster run measured besides the load figures.
+struct ClusterExtras {
+    /// CPU of the three pods alone (without PostgreSQL and the S3 server).
+    pods_cpu_seconds: f64,
+    /// From the kill -9 of the leader to the first job another pod sent to the printer.
+    resumed_after: Duration,
+}
+
+/// Benches three pods of one shard on PostgreSQL (fsyncing its commits) and S3 (moto),
+/// the leader printing to a raw sink, the clients spread over the pods; then kills the
+/// leader and times the takeover.
+async fn bench_cluster(load: Load) -> anyhow::Result<(Figures, ClusterExtras)> {
+    let shard = Shard::start("bench-shard", BENCH_LEASE_SECONDS, true).await?;
+    let sink = RawSink::start(0).await?;
+    let config = config_yaml(&[
+        printer_yaml("bench-sink", &sink.uri()),
+        shard.queue_yaml("bench", &["bench-sink"], ""),
+    ]);
+    let mut pods = Vec::new();
+    for name in ["pod-0", "pod-1", "pod-2"] {
+        pods.push((
+            name,
+            tokio::task::block_in_place(|| shard.pod(&config, name, 3))?,
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shard.leader().is_none() {
+        if Instant::now() > deadline {
+            bail!("no pod took the shard Lease");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pod_pids: Vec<u32> = pods.iter().filter_map(|(_, pod)| pod.pid()).collect();
+    let store_pids = [shard.postgres.pid(), shard.moto.pid()];
+    let (pods_before, stores_before) = (cpu_of(&pod_pids), cpu_of(&store_pids));
+    let uris: Vec<String> = pods.iter().map(|(_, pod)| pod.queue_uri("bench")).collect();
+    let run = generate(&uris, load).await?;
+    let pods_cpu = cpu_of(&pod_pids) - pods_before;
+    let stores_cpu = cpu_of(&store_pids) - stores_before;
+    let delivered = sink.completed_jobs();
+    let figures = figures(run, Some(delivered), None, Some(pods_cpu + stores_cpu));
+
+    // Let the leader drain what it has, then kill it and submit to the others until one
+    // of them prints.
+    let leader = shard.leader().context("the shard has a leader")?;
+    let drained = Instant::now() + Duration::from_secs(60);
+    while sink.completed_jobs() < figures.accepted && Instant::now() < drained {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, killed) = pods
+        .iter_mut()
+        .find(|(name, _)| *name == leader)
+        .context("the leader is one of the pods")?;
+    killed.kill9();
+    let killed_at = Instant::now();
+    let standby_uri = pods
+        .iter()
+        .find(|(name, _)| *name != leader)
+        .map(|(_, pod)| pod.queue_uri("bench"))
+        .context("a standby")?;
+    let document = Bytes::from(documents::pdf("printfleet takeover", 1024));
+    let mut connection = IppConnection::new(&standby_uri)?;
+    let resumed_at = loop {
+        if let Some(started) = sink
+            .deliveries()
+            .iter()
+            .map(|delivery| delivery.started)
+            .filter(|started| *started > killed_at)
+            .min()
+        {
+            break started;
+        }
+        if killed_at.elapsed() > Duration::from_secs(60) {
+            bail!("no pod printed within 60 s of the leader's kill");
+        }
+        let _ = connection
+            .print_job("loadgen", "takeover", "application/pdf", document.clone())
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Ok((
+        figures,
+        ClusterExtras {
+            pods_cpu_seconds: pods_cpu,
+            resumed_after: resumed_at - killed_at,
+        },
     ))
 }
 
@@ -309,14 +423,18 @@ async fn main() -> anyhow::Result<()> {
                 bail!("--clients must be at least 1");
             }
             let before = watch_dir.as_deref().map(|dir| delivered_files(dir).len());
-            let (latencies, errors, elapsed) = generate(&url, load).await?;
+            let run = generate(&[url], load).await?;
             let delivered = watch_dir
                 .as_deref()
                 .zip(before)
                 .map(|(dir, before)| delivered_files(dir).len().saturating_sub(before));
-            print_single(&figures(latencies, errors, elapsed, delivered, None));
+            print_single(&figures(run, delivered, None, None));
         }
-        Mode::Bench { load, accounting } => {
+        Mode::Bench {
+            load,
+            accounting,
+            cluster,
+        } => {
             if load.clients == 0 {
                 bail!("--clients must be at least 1");
             }
@@ -336,12 +454,37 @@ async fn main() -> anyhow::Result<()> {
                 });
                 ratios.push(("accounting/off", 1, 0));
             }
+            let mut extras = None;
+            if cluster {
+                let (figures, cluster_extras) = bench_cluster(load)
+                    .await
+                    .context("benchmarking three pods on PostgreSQL and S3")?;
+                columns.push(Column {
+                    name: "3 pods",
+                    figures,
+                });
+                ratios.push(("3 pods/standalone", columns.len() - 1, 0));
+                extras = Some(cluster_extras);
+            }
             columns.push(Column {
                 name: "cupsd",
                 figures: bench_cupsd(load).await.context("benchmarking cupsd")?,
             });
             ratios.push(("printfleet/cupsd", 0, columns.len() - 1));
             print_comparison(load, &columns, &ratios);
+            if let (Some(extras), Some(pods)) =
+                (extras, columns.iter().find(|c| c.name == "3 pods"))
+            {
+                let accepted = pods.figures.accepted.max(1) as f64;
+                println!(
+                    "\n3 pods: CPU ms/accepted job of the pods alone {:.2} (the rest is PostgreSQL and the S3 server)",
+                    extras.pods_cpu_seconds * 1000.0 / accepted
+                );
+                println!(
+                    "3 pods: dispatch resumed {:.2} s after kill -9 of the leader (Lease {BENCH_LEASE_SECONDS} s)",
+                    extras.resumed_after.as_secs_f64()
+                );
+            }
         }
     }
     Ok(())

@@ -145,7 +145,18 @@ pub struct PostgresJobStore {
 /// The store's operations, each without a time limit (the `JobStore` impl adds it).
 struct Database {
     pool: Pool,
+    /// Connections whose commits do not wait for the WAL flush (`synchronous_commit=off`),
+    /// for dispatch's bookkeeping: claims, outcomes and settlements. They survive a
+    /// spooler crash and a clean PostgreSQL restart; a PostgreSQL crash may lose the last
+    /// fraction of a second of them, which then happens again: a job claimed or finished
+    /// in that moment is sent again (as after a power loss with SQLite), a lost settlement
+    /// is made again by the sweep. Submissions never use them: an acknowledged job is
+    /// always flushed.
+    bookkeeping: Pool,
 }
+
+/// Connections per spooler process for dispatch's bookkeeping.
+const BOOKKEEPING_CONNECTIONS: usize = 4;
 
 impl PostgresJobStore {
     /// Connect to `dsn` (a libpq connection string or `postgresql://` URL) with the default
@@ -168,23 +179,34 @@ impl PostgresJobStore {
         }
         // A server that vanished without closing the connection (a partition) is noticed.
         config.keepalives_idle(Duration::from_secs(30));
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.max_connections.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(options.operation_timeout))
-            .create_timeout(Some(options.connect_timeout))
-            .recycle_timeout(Some(options.connect_timeout))
-            .build()
-            .map_err(|e| StoreError::Internal(format!("cannot build the connection pool: {e}")))?;
+        let pool = |config: tokio_postgres::Config, size: usize| {
+            let manager = Manager::from_config(
+                config,
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size.max(1))
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(options.operation_timeout))
+                .create_timeout(Some(options.connect_timeout))
+                .recycle_timeout(Some(options.connect_timeout))
+                .build()
+                .map_err(|e| StoreError::Internal(format!("cannot build the connection pool: {e}")))
+        };
+        // Dispatch's own bookkeeping (claims, outcomes, settlements) commits without
+        // waiting for the WAL flush, as the SQLite store does: see `Database::bookkeeping`.
+        let mut relaxed = config.clone();
+        let mut session_options = relaxed.get_options().unwrap_or_default().to_string();
+        session_options.push_str(" -c synchronous_commit=off");
+        relaxed.options(session_options.trim());
         let store = PostgresJobStore {
-            database: Database { pool },
+            database: Database {
+                pool: pool(config, options.max_connections)?,
+                bookkeeping: pool(relaxed, BOOKKEEPING_CONNECTIONS)?,
+            },
             operation_timeout: options.operation_timeout,
         };
         store.bounded(store.database.migrate()).await?;
@@ -210,6 +232,10 @@ impl PostgresJobStore {
 impl Database {
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    async fn bookkeeping_client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.bookkeeping.get().await.map_err(pool_error)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -399,7 +425,7 @@ impl Database {
         printer: &str,
         claimer: &Claimer,
     ) -> Result<Option<Job>, StoreError> {
-        let client = self.client().await?;
+        let client = self.bookkeeping_client().await?;
         let (now_s, now_ms) = now();
         // SKIP LOCKED: a job another dispatcher is claiming right now is passed over, not
         // waited for; the re-check under the row lock keeps a just-claimed job out. A shard
@@ -468,7 +494,7 @@ impl Database {
         claimer: &Claimer,
         outcome: Outcome,
     ) -> Result<Job, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.bookkeeping_client().await?;
         let tx = client.transaction().await?;
         let locked = tx
             .query_opt(
@@ -1048,7 +1074,7 @@ impl JobStore for PostgresJobStore {
     async fn record_settlement(&self, entry: LedgerEntry) -> Result<bool, StoreError> {
         super::settlement_only(&entry)?;
         self.bounded(async {
-            let client = self.database.client().await?;
+            let client = self.database.bookkeeping_client().await?;
             ledger::insert(&client, &entry).await
         })
         .await

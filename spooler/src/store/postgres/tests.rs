@@ -210,6 +210,64 @@ async fn pods_claim_each_job_once() {
     }
 }
 
+/// A takeover while the old leader is claiming as fast as it can: every job the old
+/// leader claimed is either handed back by the takeover or was claimed before it, and none
+/// after it; nothing is left processing under the old epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_takeover_during_claims_leaves_no_job_to_the_old_leader() {
+    const JOBS: usize = 1500;
+    let backend = PostgresBackend::new().await;
+    let old_pod = Arc::new(backend.connect().await);
+    let new_pod = backend.connect().await;
+    for _ in 0..JOBS {
+        old_pod
+            .create_job(new_job("office", "alice"))
+            .await
+            .expect("create");
+    }
+    let (old, _) = old_pod.lead_shard("east", "pod-a").await.expect("lead");
+    let queues = ["office".to_string()];
+    let claiming = tokio::spawn({
+        let (pod, old, queues) = (old_pod.clone(), old.clone(), queues.clone());
+        async move {
+            let mut claimed = Vec::new();
+            loop {
+                match pod.claim_next(&queues, "p1", &old).await {
+                    Ok(Some(job)) => claimed.push(job.id),
+                    Ok(None) => panic!("the jobs ran out before the takeover"),
+                    Err(StoreError::NotLeader { .. }) => return claimed,
+                    Err(error) => panic!("claim: {error}"),
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (new, recovered) = new_pod
+        .lead_shard("east", "pod-b")
+        .await
+        .expect("take over");
+    let claimed = claiming.await.expect("claiming task");
+    assert!(
+        !claimed.is_empty(),
+        "the old leader claimed before the takeover"
+    );
+    let claimed: HashSet<JobId> = claimed.into_iter().collect();
+    let recovered: HashSet<JobId> = recovered.into_iter().collect();
+    assert_eq!(
+        claimed, recovered,
+        "exactly the old leader's claims are handed back"
+    );
+    let mut sent = HashSet::new();
+    while let Some(job) = new_pod
+        .claim_next(&queues, "p1", &new)
+        .await
+        .expect("claim")
+    {
+        sent.insert(job.id);
+    }
+    assert_eq!(sent.len(), JOBS, "the new leader has every job to send");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn epochs_are_unique_across_pods() {
     const EPOCHS: i64 = 60;
