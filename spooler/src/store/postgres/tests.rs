@@ -86,6 +86,20 @@ async fn pods_starting_together_migrate_once() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(versions, (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>());
+    // Debian's PostgreSQL is built with lz4: inline documents use it.
+    let compression: i8 = client
+        .query_one(
+            "SELECT attcompression FROM pg_attribute \
+             WHERE attrelid = 'documents'::regclass AND attname = 'inline'",
+            &[],
+        )
+        .await
+        .expect("the inline column")
+        .get(0);
+    assert_eq!(
+        compression as u8, b'l',
+        "inline documents compress with lz4"
+    );
 
     client
         .execute(
