@@ -85,17 +85,30 @@ pub fn privacy_of_queue(config: &Config, queue: &str) -> PrivacyMode {
     }
 }
 
-/// Salts by state directory, read or made once per process.
+/// Salts by state directory, fetched once per process.
 static SALTS: LazyLock<Mutex<HashMap<PathBuf, Arc<Vec<u8>>>>> = LazyLock::new(Default::default);
 
-/// The installation's salt for hashed user labels (`privacy::load_or_create_salt`).
-pub fn installation_salt(state_dir: &Path) -> std::io::Result<Arc<Vec<u8>>> {
-    let mut salts = lock(&SALTS);
-    if let Some(salt) = salts.get(state_dir) {
+/// Why the installation's salt is not at hand.
+#[derive(Debug, thiserror::Error)]
+pub enum SaltError {
+    #[error("the old salt file in the state directory: {0}")]
+    File(#[from] std::io::Error),
+    #[error("the job store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The installation's salt for hashed user labels: kept in the job store, so every pod of
+/// a cluster (and every restart) labels a user the same (see `privacy::proposed_salt`).
+pub async fn installation_salt(
+    store: &dyn crate::store::JobStore,
+    state_dir: &Path,
+) -> Result<Arc<Vec<u8>>, SaltError> {
+    if let Some(salt) = lock(&SALTS).get(state_dir) {
         return Ok(salt.clone());
     }
-    let salt = Arc::new(super::privacy::load_or_create_salt(state_dir)?);
-    salts.insert(state_dir.to_path_buf(), salt.clone());
+    let proposed = super::privacy::proposed_salt(state_dir)?;
+    let salt = Arc::new(store.installation_salt(&proposed).await?);
+    lock(&SALTS).insert(state_dir.to_path_buf(), salt.clone());
     Ok(salt)
 }
 

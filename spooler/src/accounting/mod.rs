@@ -1,6 +1,7 @@
 //! Accounting: page counts, prices, quota periods and how users appear in reports.
 //!
-//! Pure logic only (plus the salt file): the store, IPP admission and metrics call in here.
+//! Pure logic only (plus fetching the salt): the store, IPP admission and metrics call in
+//! here.
 //!
 //! # Entry points
 //!
@@ -9,7 +10,7 @@
 //! - [`pricing::PriceList::from_policy`] — prices; a queue without a policy uses
 //!   [`pricing::PriceList::free`] (zero, currency `XXX`), so its jobs are still counted.
 //! - [`quota::QuotaRules::from_policy`] — quotas and the policy's time zone.
-//! - [`privacy::load_or_create_salt`] once per installation (state directory), then
+//! - [`admission::installation_salt`] once per process (the job store keeps it), then
 //!   [`privacy::user_label`] with the policy's `privacy` mode for every metric or report
 //!   label.
 //!

@@ -1,15 +1,14 @@
 //! How user names appear in metrics and reports: as they are, hashed, or not at all.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io;
 use std::path::Path;
 
 use printfleet_crds::policy::PrivacyMode;
 use ring::digest;
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// The salt's file name in the spooler's state directory.
+/// The salt file of a standalone spooler from before the salt was kept in the job store.
 pub const SALT_FILE: &str = "accounting-salt";
 /// Bytes of salt.
 pub const SALT_LEN: usize = 32;
@@ -39,41 +38,22 @@ pub fn user_label(mode: PrivacyMode, salt: &[u8], user: &str) -> Option<String> 
     }
 }
 
-/// The installation's salt: read from `<state_dir>/accounting-salt`, or made on first use
-/// (32 bytes from the kernel's CSPRNG, written mode 0600 and fsynced with its directory).
+/// The salt this process proposes for the installation (`JobStore::installation_salt`
+/// keeps the first one proposed): an older standalone spooler's `<state_dir>/accounting-salt`
+/// when there is one, so its hashed labels stay the same, else 32 fresh bytes from the
+/// kernel's CSPRNG.
 ///
-/// Concurrent first starts agree on one salt: the new file is linked into place only if
-/// none exists, and the loser reads the winner's. A salt file of the wrong size is an error
-/// rather than replaced, since a new salt would change every hashed label in past reports.
-pub fn load_or_create_salt(state_dir: &Path) -> io::Result<Vec<u8>> {
-    let path = state_dir.join(SALT_FILE);
-    if let Some(salt) = read_salt(&path)? {
+/// A salt file of the wrong size is an error rather than replaced, since a new salt would
+/// change every hashed label in past reports.
+pub fn proposed_salt(state_dir: &Path) -> io::Result<Vec<u8>> {
+    if let Some(salt) = read_salt(&state_dir.join(SALT_FILE))? {
         return Ok(salt);
     }
-    let random = SystemRandom::new();
-    let fill = |bytes: &mut [u8]| {
-        random
-            .fill(bytes)
-            .map_err(|_| io::Error::other("the system random number generator failed"))
-    };
     let mut salt = vec![0; SALT_LEN];
-    fill(&mut salt)?;
-    // A name of its own for each attempt, so racing threads never share a temporary file.
-    let mut nonce = [0; 8];
-    fill(&mut nonce)?;
-    let nonce = u64::from_be_bytes(nonce);
-    let temporary = state_dir.join(format!(".{SALT_FILE}.{nonce:016x}.tmp"));
-    let written = write_private(&temporary, &salt).and_then(|()| fs::hard_link(&temporary, &path));
-    let _ = fs::remove_file(&temporary);
-    match written {
-        Ok(()) => {
-            File::open(state_dir)?.sync_all()?;
-            Ok(salt)
-        }
-        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => read_salt(&path)?
-            .ok_or_else(|| io::Error::other(format!("{} vanished", path.display()))),
-        Err(error) => Err(error),
-    }
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| io::Error::other("the system random number generator failed"))?;
+    Ok(salt)
 }
 
 fn read_salt(path: &Path) -> io::Result<Option<Vec<u8>>> {
@@ -92,20 +72,9 @@ fn read_salt(path: &Path) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn salt() -> Vec<u8> {
         (0..32).collect()
@@ -136,43 +105,21 @@ mod tests {
     }
 
     #[test]
-    fn the_salt_is_created_once_private_and_kept() {
+    fn an_older_salt_file_is_proposed_else_a_fresh_salt() {
         let dir = tempfile::tempdir().unwrap();
-        let salt = load_or_create_salt(dir.path()).unwrap();
-        assert_eq!(salt.len(), SALT_LEN);
-        assert_ne!(salt, vec![0; SALT_LEN]);
-        let path = dir.path().join(SALT_FILE);
-        let mode = fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(load_or_create_salt(dir.path()).unwrap(), salt);
-        // No temporary file is left behind.
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-        // Another installation gets another salt.
-        let other = tempfile::tempdir().unwrap();
-        assert_ne!(load_or_create_salt(other.path()).unwrap(), salt);
+        let fresh = proposed_salt(dir.path()).unwrap();
+        assert_eq!(fresh.len(), SALT_LEN);
+        assert_ne!(proposed_salt(dir.path()).unwrap(), fresh, "fresh each time");
+        fs::write(dir.path().join(SALT_FILE), salt()).unwrap();
+        assert_eq!(proposed_salt(dir.path()).unwrap(), salt());
     }
 
     #[test]
-    fn concurrent_first_starts_agree() {
+    fn a_damaged_salt_file_is_an_error_not_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let salts: Vec<Vec<u8>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| scope.spawn(|| load_or_create_salt(dir.path()).unwrap()))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        assert!(salts.iter().all(|salt| *salt == salts[0]));
-    }
-
-    #[test]
-    fn a_damaged_salt_is_an_error_not_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(SALT_FILE);
-        fs::write(&path, b"short").unwrap();
-        let error = load_or_create_salt(dir.path()).unwrap_err();
+        fs::write(dir.path().join(SALT_FILE), b"short").unwrap();
+        let error = proposed_salt(dir.path()).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
-        assert_eq!(fs::read(&path).unwrap(), b"short");
-        let missing = dir.path().join("no-such-dir");
-        assert!(load_or_create_salt(&missing).is_err());
+        assert!(error.to_string().contains("backup"), "{error}");
     }
 }

@@ -418,10 +418,10 @@ pub enum ReportError {
     Time(&'static str, BadTime),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("installation salt in {path}: {source}")]
+    #[error("installation salt for {path}: {source}")]
     Salt {
         path: String,
-        source: std::io::Error,
+        source: super::admission::SaltError,
     },
     #[error("job store {path}: {source}")]
     Store { path: String, source: StoreError },
@@ -442,17 +442,17 @@ pub async fn run_command(
     let from = bound(&args.from, Bound::From, "from")?;
     let to = bound(&args.to, Bound::To, "to")?;
     let config = Config::load(&args.config)?;
-    let salt = super::admission::installation_salt(&args.state_dir).map_err(|source| {
-        ReportError::Salt {
-            path: args.state_dir.display().to_string(),
-            source,
-        }
-    })?;
     let store_error = |source| ReportError::Store {
         path: database.display().to_string(),
         source,
     };
     let store = crate::store::SqliteJobStore::open(database).map_err(store_error)?;
+    let salt = super::admission::installation_salt(&store, &args.state_dir)
+        .await
+        .map_err(|source| ReportError::Salt {
+            path: args.state_dir.display().to_string(),
+            source,
+        })?;
     let report = generate(&store, &config, &salt, args.by, from, to)
         .await
         .map_err(store_error)?;
@@ -577,7 +577,7 @@ pub async fn http(
         Ok(request) => request,
         Err(answer) => return answer,
     };
-    let salt = match super::admission::installation_salt(state_dir) {
+    let salt = match super::admission::installation_salt(store, state_dir).await {
         Ok(salt) => salt,
         Err(error) => return HttpAnswer::error(500, format_args!("installation salt: {error}")),
     };

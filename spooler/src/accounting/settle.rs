@@ -5,7 +5,7 @@ use crate::app::App;
 use crate::job::{Job, JobId, JobState};
 use crate::store::StoreError;
 
-use super::admission::{installation_salt, policy_of_queue, privacy_of_queue};
+use super::admission::{SaltError, installation_salt, policy_of_queue, privacy_of_queue};
 use super::ledger::{self, EntryKind, LedgerEntry, LedgerQuery};
 use super::pricing::PriceList;
 use super::privacy::user_label;
@@ -43,7 +43,8 @@ pub async fn settle(app: &App, job: &Job) -> Result<(), StoreError> {
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let settlement = ledger::settlement(estimate, job, &prices, now_ms);
     if app.store.record_settlement(settlement.clone()).await? {
-        count(app, estimate, &settlement);
+        let salt = installation_salt(app.store.as_ref(), &app.settings.state_dir).await;
+        count(app, estimate, &settlement, salt);
     }
     Ok(())
 }
@@ -75,10 +76,15 @@ pub async fn settle_unsettled(app: &App) -> Result<usize, StoreError> {
 }
 
 /// Counts a completed job's final usage and cost (estimate plus settlement).
-fn count(app: &App, estimate: &LedgerEntry, settlement: &LedgerEntry) {
+fn count(
+    app: &App,
+    estimate: &LedgerEntry,
+    settlement: &LedgerEntry,
+    salt: Result<std::sync::Arc<Vec<u8>>, SaltError>,
+) {
     let config = app.config();
     let privacy = privacy_of_queue(&config, &estimate.queue);
-    let label = match installation_salt(&app.settings.state_dir) {
+    let label = match salt {
         Ok(salt) => user_label(privacy, &salt, &estimate.user),
         Err(error) => {
             // Never export a name that should have been hashed.

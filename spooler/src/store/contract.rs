@@ -34,6 +34,7 @@ macro_rules! job_store_contract {
             retry_time,
             recover,
             shard_leadership,
+            installation_salt,
             paused_queues,
             purge_history,
             next_epoch,
@@ -828,6 +829,25 @@ pub(crate) async fn shard_leadership(backend: &dyn Backend) {
         .finish(west_job, &west, completed)
         .await
         .expect("the west leader is unaffected");
+}
+
+/// The first salt proposed is kept, for every store opened on the same data.
+pub(crate) async fn installation_salt(backend: &dyn Backend) {
+    let first = backend.open().await;
+    let second = backend.open().await;
+    let kept = first.installation_salt(&[1; 32]).await.expect("salt");
+    assert_eq!(kept, vec![1; 32]);
+    assert_eq!(
+        second.installation_salt(&[2; 32]).await.expect("salt"),
+        kept,
+        "a later proposal does not replace it"
+    );
+    drop((first, second));
+    let reopened = backend.open().await;
+    assert_eq!(
+        reopened.installation_salt(&[3; 32]).await.expect("salt"),
+        kept
+    );
 }
 
 pub(crate) async fn recover(backend: &dyn Backend) {

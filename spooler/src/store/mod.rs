@@ -183,6 +183,10 @@ pub trait JobStore: Send + Sync {
         shard: &str,
         claimer_id: &str,
     ) -> Result<(Claimer, Vec<JobId>), StoreError>;
+    /// The installation's salt for hashed user labels: the one stored, or `proposed`, stored
+    /// now, when there is none yet. The first caller wins, so every pod of a cluster gets
+    /// the same.
+    async fn installation_salt(&self, proposed: &[u8]) -> Result<Vec<u8>, StoreError>;
     /// Pause-Printer / Resume-Printer, persisted.
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
     async fn paused_queues(&self) -> Result<Vec<String>, StoreError>;

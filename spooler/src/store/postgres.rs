@@ -76,7 +76,8 @@ const MIGRATIONS: &[&str] = &[
 ",
     ledger::MIGRATION,
     // Shard leadership (see `JobStore::lead_shard`): the current leader and epoch per
-    // shard, and the shard a processing job was claimed for.
+    // shard, and the shard a processing job was claimed for; facts about the installation
+    // (its accounting salt).
     "
     CREATE TABLE shard_leaders (
         shard TEXT PRIMARY KEY,
@@ -84,6 +85,7 @@ const MIGRATIONS: &[&str] = &[
         epoch BIGINT NOT NULL
     );
     ALTER TABLE jobs ADD COLUMN claimer_shard TEXT;
+    CREATE TABLE installation (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
     ",
     // Inline documents are compressed with lz4 rather than pglz, which costs about a
     // millisecond of the server's CPU per 64 KiB submitted. A server built without lz4
@@ -1049,6 +1051,27 @@ impl JobStore for PostgresJobStore {
     ) -> Result<(Claimer, Vec<JobId>), StoreError> {
         self.bounded(self.database.lead_shard(shard, claimer_id))
             .await
+    }
+
+    async fn installation_salt(&self, proposed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.bounded(async {
+            let client = self.database.client().await?;
+            client
+                .execute(
+                    "INSERT INTO installation (name, value) VALUES ('accounting-salt', $1) \
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&proposed],
+                )
+                .await?;
+            let row = client
+                .query_one(
+                    "SELECT value FROM installation WHERE name = 'accounting-salt'",
+                    &[],
+                )
+                .await?;
+            Ok(row.try_get(0)?)
+        })
+        .await
     }
 
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError> {

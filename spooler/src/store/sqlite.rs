@@ -80,7 +80,8 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Shard leadership (see `JobStore::lead_shard`): the current leader and epoch per shard,
-/// and the shard a processing job was claimed for.
+/// and the shard a processing job was claimed for; facts about the installation (its
+/// accounting salt).
 const SHARD_LEADERS_MIGRATION: &str = "
     CREATE TABLE shard_leaders (
         shard TEXT PRIMARY KEY,
@@ -88,6 +89,7 @@ const SHARD_LEADERS_MIGRATION: &str = "
         epoch INTEGER NOT NULL
     ) WITHOUT ROWID;
     ALTER TABLE jobs ADD COLUMN claimer_shard TEXT;
+    CREATE TABLE installation (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 ";
 
 mod ledger;
@@ -1118,6 +1120,22 @@ impl JobStore for SqliteJobStore {
     async fn recover(&self, current: &Claimer) -> Result<Vec<JobId>, StoreError> {
         let current = current.clone();
         self.write(move |conn| recover(conn, &current)).await
+    }
+
+    async fn installation_salt(&self, proposed: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let proposed = proposed.to_vec();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO installation (name, value) VALUES ('accounting-salt', ?1) \
+                 ON CONFLICT (name) DO NOTHING",
+            )?
+            .execute([proposed])?;
+            let salt = conn
+                .prepare_cached("SELECT value FROM installation WHERE name = 'accounting-salt'")?
+                .query_row([], |row| row.get(0))?;
+            Ok(salt)
+        })
+        .await
     }
 
     async fn lead_shard(
