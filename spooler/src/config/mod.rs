@@ -121,6 +121,21 @@ impl Config {
             .collect()
     }
 
+    /// The queues the configuration gives `shard`.
+    pub fn queues_of_shard(&self, shard: &str) -> Vec<String> {
+        self.queues
+            .keys()
+            .filter(|name| self.dispatches(name, Some(shard)))
+            .cloned()
+            .collect()
+    }
+
+    /// Every shard some queue names.
+    pub fn shards(&self) -> Vec<String> {
+        let shards: std::collections::BTreeSet<&String> = self.queue_shards.values().collect();
+        shards.into_iter().cloned().collect()
+    }
+
     /// The printers a spooler of `shard` drives: those of the queues it dispatches.
     pub fn dispatched_printers(&self, shard: Option<&str>) -> BTreeMap<&str, &PrinterSpec> {
         self.queues

@@ -87,6 +87,9 @@ pub struct DispatchSettings {
     pub retention_interval: Duration,
     /// A job that receives no document for this long is closed (`multiple-operation-time-out`).
     pub multiple_operation_timeout: Duration,
+    /// How often a shard leader asks the store again for the queues its configuration
+    /// gives it (one another shard still sends jobs of is taken once that shard lets go).
+    pub ownership_interval: Duration,
 }
 
 impl Default for DispatchSettings {
@@ -105,6 +108,7 @@ impl Default for DispatchSettings {
                     .unsigned_abs()
                     .into(),
             ),
+            ownership_interval: Duration::from_secs(2),
         }
     }
 }
@@ -135,6 +139,12 @@ pub async fn run_with(
         settings.clone(),
         shutdown.clone(),
     ));
+    let hand_off = tokio::spawn(hand_off(
+        app.clone(),
+        claimer.clone(),
+        settings.ownership_interval,
+        shutdown.clone(),
+    ));
     let mut config = app.config.clone();
     let mut workers: BTreeMap<String, WorkerSlot> = BTreeMap::new();
     let mut retiring: Vec<JoinHandle<()>> = Vec::new();
@@ -159,6 +169,53 @@ pub async fn run_with(
         let _ = task.await;
     }
     let _ = housekeeping.await;
+    let _ = hand_off.await;
+}
+
+/// Keeps a shard leader's queues owned in the store (`JobStore::own_queues`): at start, on
+/// every configuration change and every `interval`, so a queue moved here is taken as soon
+/// as its old shard lets go of it, and one moved away is let go once its jobs in flight
+/// are done. A claimer without a shard dispatches every queue it is given: nothing to do.
+async fn hand_off(
+    app: Arc<App>,
+    claimer: Claimer,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Some(shard) = claimer.shard.clone() else {
+        return;
+    };
+    let mut config = app.config.clone();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut owned: Vec<String> = Vec::new();
+    loop {
+        let (queues, shards) = {
+            let config = config.borrow_and_update();
+            (config.queues_of_shard(&shard), config.shards())
+        };
+        match app.store.own_queues(&claimer, &queues, &shards).await {
+            Ok(now) if now != owned => {
+                tracing::info!(%shard, queues = ?now, "queues owned");
+                owned = now;
+                app.dispatch.wake();
+            }
+            Ok(_) => {}
+            Err(crate::store::StoreError::NotLeader { .. }) => {
+                tracing::warn!(%shard, "no longer the shard's leader: queue hand-off stops");
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "handing queues between shards"),
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = config.changed() => if changed.is_err() {
+                stopped(&mut shutdown).await;
+                return;
+            },
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
 }
 
 /// Starts workers for new printers, replaces those whose spec changed, and stops those

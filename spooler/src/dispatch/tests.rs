@@ -35,6 +35,7 @@ fn fast_settings() -> DispatchSettings {
         depth_interval: Duration::from_millis(100),
         retention_interval: Duration::from_secs(3600),
         multiple_operation_timeout: Duration::from_secs(3600),
+        ownership_interval: Duration::from_millis(50),
     }
 }
 

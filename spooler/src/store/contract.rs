@@ -35,6 +35,7 @@ macro_rules! job_store_contract {
             recover,
             shard_leadership,
             installation_salt,
+            queue_hand_off,
             paused_queues,
             purge_history,
             next_epoch,
@@ -768,6 +769,16 @@ pub(crate) async fn shard_leadership(backend: &dyn Backend) {
     assert_eq!(first.shard.as_deref(), Some("east"));
     assert!(none.is_empty());
     let (west, _) = store.lead_shard("west", "pod-w").await.expect("lead west");
+    let shards = queues(&["east", "west"]);
+    let owned = store
+        .own_queues(&first, &queues(&["e1"]), &shards)
+        .await
+        .expect("own");
+    assert_eq!(owned, queues(&["e1"]));
+    store
+        .own_queues(&west, &queues(&["w1"]), &shards)
+        .await
+        .expect("own");
 
     let in_flight = create(store.as_ref(), new_job("e1", "alice")).await;
     let west_job = create(store.as_ref(), new_job("w1", "alice")).await;
@@ -829,6 +840,88 @@ pub(crate) async fn shard_leadership(backend: &dyn Backend) {
         .finish(west_job, &west, completed)
         .await
         .expect("the west leader is unaffected");
+}
+
+/// `own_queues`: a shard claims only the queues it owns; a queue moves to another shard
+/// only once its old shard lets go of it with nothing in flight, or when the old shard is
+/// no longer named.
+pub(crate) async fn queue_hand_off(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let (east, _) = store.lead_shard("east", "pod-e").await.expect("lead");
+    let (west, _) = store.lead_shard("west", "pod-w").await.expect("lead");
+    let both = queues(&["east", "west"]);
+    let own = |claimer: Claimer, mine: &'static [&'static str], shards: Vec<String>| {
+        let store = store.clone();
+        async move {
+            store
+                .own_queues(&claimer, &queues(mine), &shards)
+                .await
+                .expect("own queues")
+        }
+    };
+    let claim = |claimer: Claimer| {
+        let store = store.clone();
+        async move {
+            store
+                .claim_next(&queues(&["lobby"]), "p1", &claimer)
+                .await
+                .expect("claim")
+        }
+    };
+    let first = create(store.as_ref(), new_job("lobby", "alice")).await;
+    let second = create(store.as_ref(), new_job("lobby", "alice")).await;
+    assert!(
+        claim(east.clone()).await.is_none(),
+        "not owned yet: nothing to claim"
+    );
+    assert_eq!(
+        own(east.clone(), &["lobby"], both.clone()).await,
+        queues(&["lobby"])
+    );
+    assert_eq!(claim(east.clone()).await.map(|job| job.id), Some(first));
+
+    // The configuration moves lobby to west; east still sends `first`.
+    assert!(own(west.clone(), &["lobby"], both.clone()).await.is_empty());
+    assert!(
+        own(east.clone(), &[], both.clone())
+            .await
+            .contains(&"lobby".to_string())
+    );
+    assert!(claim(west.clone()).await.is_none(), "east still owns lobby");
+    let done = Outcome::Completed {
+        printer: "p1".into(),
+        impressions: None,
+        sheets: None,
+    };
+    store.finish(first, &east, done).await.expect("finish");
+    assert!(
+        own(east.clone(), &[], both.clone()).await.is_empty(),
+        "let go"
+    );
+    assert!(
+        claim(east.clone()).await.is_none(),
+        "east no longer claims lobby"
+    );
+    assert_eq!(
+        own(west.clone(), &["lobby"], both.clone()).await,
+        queues(&["lobby"])
+    );
+    assert_eq!(claim(west.clone()).await.map(|job| job.id), Some(second));
+
+    // A removed shard (no longer named) loses its queues at once; what it was sending
+    // goes back to the queue.
+    let third = create(store.as_ref(), new_job("lobby", "alice")).await;
+    assert_eq!(claim(west.clone()).await.map(|job| job.id), Some(third));
+    let (north, _) = store.lead_shard("north", "pod-n").await.expect("lead");
+    assert!(own(north.clone(), &["lobby"], both).await.is_empty());
+    let taken = own(north.clone(), &["lobby"], queues(&["north"])).await;
+    assert_eq!(taken, queues(&["lobby"]));
+    for id in [second, third] {
+        assert_eq!(state_of(store.as_ref(), id).await, JobState::Pending);
+    }
+    assert_eq!(claim(north.clone()).await.map(|job| job.id), Some(second));
+    assert_eq!(claim(north).await.map(|job| job.id), Some(third));
+    assert!(claim(west).await.is_none());
 }
 
 /// The first salt proposed is kept, for every store opened on the same data.

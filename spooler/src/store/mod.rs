@@ -183,6 +183,23 @@ pub trait JobStore: Send + Sync {
         shard: &str,
         claimer_id: &str,
     ) -> Result<(Claimer, Vec<JobId>), StoreError>;
+    /// Hands queues between shards. A shard-led claimer claims only jobs of the queues its
+    /// shard owns here, so which shard dispatches a queue is decided by the store, never by
+    /// when each pod sees a new configuration. In one transaction, for the claimer's shard:
+    /// - it gives up its queues that are not in `queues`, each once none of its jobs is
+    ///   being sent by the shard;
+    /// - it takes the queues of `queues` that nobody owns, or whose owner is not among
+    ///   `shards` (the shards the configuration names: the owner was removed). The jobs
+    ///   such an owner left `processing` go back to pending, as at a takeover;
+    /// - it returns the queues it owns.
+    ///
+    /// `NotLeader` once another dispatcher leads the shard.
+    async fn own_queues(
+        &self,
+        claimer: &Claimer,
+        queues: &[String],
+        shards: &[String],
+    ) -> Result<Vec<String>, StoreError>;
     /// The installation's salt for hashed user labels: the one stored, or `proposed`, stored
     /// now, when there is none yet. The first caller wins, so every pod of a cluster gets
     /// the same.

@@ -76,8 +76,8 @@ const MIGRATIONS: &[&str] = &[
 ",
     ledger::MIGRATION,
     // Shard leadership (see `JobStore::lead_shard`): the current leader and epoch per
-    // shard, and the shard a processing job was claimed for; facts about the installation
-    // (its accounting salt).
+    // shard, the shard a processing job was claimed for, and the shard that owns each
+    // queue (`JobStore::own_queues`); facts about the installation (its accounting salt).
     "
     CREATE TABLE shard_leaders (
         shard TEXT PRIMARY KEY,
@@ -85,6 +85,7 @@ const MIGRATIONS: &[&str] = &[
         epoch BIGINT NOT NULL
     );
     ALTER TABLE jobs ADD COLUMN claimer_shard TEXT;
+    CREATE TABLE queue_owners (queue TEXT PRIMARY KEY, shard TEXT NOT NULL);
     CREATE TABLE installation (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
     ",
     // Inline documents are compressed with lz4 rather than pglz, which costs about a
@@ -456,6 +457,8 @@ impl Database {
                      WHERE state = $7 AND documents_complete AND retry_at_ms <= $8 \
                        AND queue = ANY($9) \
                        AND queue NOT IN (SELECT queue FROM paused_queues) \
+                       AND ($10::text IS NULL OR queue IN \
+                            (SELECT queue FROM queue_owners WHERE shard = $10)) \
                      ORDER BY priority DESC, id ASC LIMIT 1 FOR UPDATE SKIP LOCKED) \
                  RETURNING ",
                 job_columns!()
@@ -573,6 +576,83 @@ impl Database {
             )
             .await?;
         job_ids(&rows)
+    }
+
+    async fn own_queues(
+        &self,
+        claimer: &Claimer,
+        queues: &[String],
+        shards: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let Some(shard) = &claimer.shard else {
+            return Err(StoreError::Internal(
+                "only a shard leader owns queues".into(),
+            ));
+        };
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // FOR SHARE, as a claim: a takeover of the shard waits for this hand-off.
+        let leads = tx
+            .query_opt(
+                "SELECT 1 FROM shard_leaders \
+                 WHERE shard = $1 AND claimer_id = $2 AND epoch = $3 FOR SHARE",
+                &[shard, &claimer.id, &claimer.epoch],
+            )
+            .await?
+            .is_some();
+        if !leads {
+            return Err(StoreError::NotLeader {
+                shard: shard.clone(),
+            });
+        }
+        // Hand-offs of one queue are serialized by its row; two shards taking the same
+        // free queue meet on the primary key (ON CONFLICT DO NOTHING).
+        tx.execute(
+            "DELETE FROM queue_owners WHERE shard = $1 AND queue <> ALL($2) \
+               AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.queue = queue_owners.queue \
+                               AND jobs.state = $3 AND jobs.claimer_shard = $1)",
+            &[shard, &queues, &JobState::Processing.as_i32()],
+        )
+        .await?;
+        // Queues of removed shards: their jobs in flight go back to pending, then the
+        // queues are free.
+        tx.execute(
+            "UPDATE jobs SET state = $1, reasons = '[]', claimer_id = NULL, \
+             claimer_epoch = NULL, claimer_shard = NULL \
+             WHERE state = $2 AND queue IN (SELECT queue FROM queue_owners \
+                 WHERE queue = ANY($3) AND shard <> ALL($4) AND shard <> $5)",
+            &[
+                &JobState::Pending.as_i32(),
+                &JobState::Processing.as_i32(),
+                &queues,
+                &shards,
+                shard,
+            ],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM queue_owners WHERE queue = ANY($1) AND shard <> ALL($2) \
+               AND shard <> $3",
+            &[&queues, &shards, shard],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO queue_owners (queue, shard) SELECT q, $2 FROM unnest($1::text[]) q \
+             ON CONFLICT (queue) DO NOTHING",
+            &[&queues, shard],
+        )
+        .await?;
+        let owned = tx
+            .query(
+                "SELECT queue FROM queue_owners WHERE shard = $1 ORDER BY queue COLLATE \"C\"",
+                &[shard],
+            )
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<Vec<String>, _>>()?;
+        tx.commit().await?;
+        Ok(owned)
     }
 
     async fn lead_shard(
@@ -1050,6 +1130,16 @@ impl JobStore for PostgresJobStore {
         claimer_id: &str,
     ) -> Result<(Claimer, Vec<JobId>), StoreError> {
         self.bounded(self.database.lead_shard(shard, claimer_id))
+            .await
+    }
+
+    async fn own_queues(
+        &self,
+        claimer: &Claimer,
+        queues: &[String],
+        shards: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        self.bounded(self.database.own_queues(claimer, queues, shards))
             .await
     }
 

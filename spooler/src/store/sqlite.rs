@@ -80,8 +80,8 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Shard leadership (see `JobStore::lead_shard`): the current leader and epoch per shard,
-/// and the shard a processing job was claimed for; facts about the installation (its
-/// accounting salt).
+/// the shard a processing job was claimed for, and the shard that owns each queue
+/// (`JobStore::own_queues`); facts about the installation (its accounting salt).
 const SHARD_LEADERS_MIGRATION: &str = "
     CREATE TABLE shard_leaders (
         shard TEXT PRIMARY KEY,
@@ -89,6 +89,7 @@ const SHARD_LEADERS_MIGRATION: &str = "
         epoch INTEGER NOT NULL
     ) WITHOUT ROWID;
     ALTER TABLE jobs ADD COLUMN claimer_shard TEXT;
+    CREATE TABLE queue_owners (queue TEXT PRIMARY KEY, shard TEXT NOT NULL) WITHOUT ROWID;
     CREATE TABLE installation (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 ";
 
@@ -813,24 +814,32 @@ fn now_ms() -> i64 {
     now().1
 }
 
+/// `NotLeader` unless `claimer` (when shard-led) still leads its shard.
+fn check_leads(conn: &Connection, claimer: &Claimer) -> Result<(), StoreError> {
+    let Some(shard) = &claimer.shard else {
+        return Ok(());
+    };
+    let leads = conn
+        .prepare_cached(
+            "SELECT 1 FROM shard_leaders WHERE shard = ?1 AND claimer_id = ?2 AND epoch = ?3",
+        )?
+        .exists(params![shard, claimer.id, claimer.epoch])?;
+    if leads {
+        Ok(())
+    } else {
+        Err(StoreError::NotLeader {
+            shard: shard.clone(),
+        })
+    }
+}
+
 fn claim_next(
     conn: &Connection,
     queues: &str,
     printer: &str,
     claimer: &Claimer,
 ) -> Result<Option<Job>, StoreError> {
-    if let Some(shard) = &claimer.shard {
-        let leads = conn
-            .prepare_cached(
-                "SELECT 1 FROM shard_leaders WHERE shard = ?1 AND claimer_id = ?2 AND epoch = ?3",
-            )?
-            .exists(params![shard, claimer.id, claimer.epoch])?;
-        if !leads {
-            return Err(StoreError::NotLeader {
-                shard: shard.clone(),
-            });
-        }
-    }
+    check_leads(conn, claimer)?;
     let (now_s, now_ms) = now();
     let claimed: Option<JobId> = conn
         .prepare_cached(
@@ -841,6 +850,8 @@ fn claim_next(
                  WHERE state = ?7 AND documents_complete = 1 AND retry_at_ms <= ?8 \
                    AND queue IN (SELECT value FROM json_each(?9)) \
                    AND queue NOT IN (SELECT queue FROM paused_queues) \
+                   AND (?10 IS NULL OR queue IN \
+                        (SELECT queue FROM queue_owners WHERE shard = ?10)) \
                  ORDER BY priority DESC, id ASC LIMIT 1) \
              RETURNING id",
         )?
@@ -959,6 +970,58 @@ fn lead_shard(
         shard: Some(shard.to_string()),
     };
     Ok((claimer, sorted(ids)))
+}
+
+fn own_queues(
+    conn: &Connection,
+    claimer: &Claimer,
+    queues: &str,
+    shards: &str,
+) -> Result<Vec<String>, StoreError> {
+    check_leads(conn, claimer)?;
+    let Some(shard) = &claimer.shard else {
+        return Err(StoreError::Internal(
+            "only a shard leader owns queues".into(),
+        ));
+    };
+    conn.prepare_cached(
+        "DELETE FROM queue_owners WHERE shard = ?1 \
+           AND queue NOT IN (SELECT value FROM json_each(?2)) \
+           AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.queue = queue_owners.queue \
+                           AND jobs.state = ?3 AND jobs.claimer_shard = ?1)",
+    )?
+    .execute(params![shard, queues, JobState::Processing.as_i32()])?;
+    // Queues of removed shards: their jobs in flight go back to pending, then the queues
+    // are free.
+    conn.prepare_cached(
+        "UPDATE jobs SET state = ?1, reasons = '[]', claimer_id = NULL, claimer_epoch = NULL, \
+         claimer_shard = NULL \
+         WHERE state = ?2 AND queue IN (SELECT queue FROM queue_owners \
+             WHERE queue IN (SELECT value FROM json_each(?3)) \
+               AND shard NOT IN (SELECT value FROM json_each(?4)) AND shard <> ?5)",
+    )?
+    .execute(params![
+        JobState::Pending.as_i32(),
+        JobState::Processing.as_i32(),
+        queues,
+        shards,
+        shard
+    ])?;
+    conn.prepare_cached(
+        "DELETE FROM queue_owners WHERE queue IN (SELECT value FROM json_each(?1)) \
+           AND shard NOT IN (SELECT value FROM json_each(?2)) AND shard <> ?3",
+    )?
+    .execute(params![queues, shards, shard])?;
+    conn.prepare_cached(
+        "INSERT INTO queue_owners (queue, shard) SELECT value, ?2 FROM json_each(?1) WHERE true \
+         ON CONFLICT (queue) DO NOTHING",
+    )?
+    .execute(params![queues, shard])?;
+    let owned = conn
+        .prepare_cached("SELECT queue FROM queue_owners WHERE shard = ?1 ORDER BY queue")?
+        .query_map([shard], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(owned)
 }
 
 fn sorted(mut ids: Vec<JobId>) -> Vec<JobId> {
@@ -1120,6 +1183,17 @@ impl JobStore for SqliteJobStore {
     async fn recover(&self, current: &Claimer) -> Result<Vec<JobId>, StoreError> {
         let current = current.clone();
         self.write(move |conn| recover(conn, &current)).await
+    }
+
+    async fn own_queues(
+        &self,
+        claimer: &Claimer,
+        queues: &[String],
+        shards: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let (claimer, queues, shards) = (claimer.clone(), to_json(queues)?, to_json(shards)?);
+        self.write(move |conn| own_queues(conn, &claimer, &queues, &shards))
+            .await
     }
 
     async fn installation_salt(&self, proposed: &[u8]) -> Result<Vec<u8>, StoreError> {

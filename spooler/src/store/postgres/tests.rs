@@ -241,6 +241,10 @@ async fn a_takeover_during_claims_leaves_no_job_to_the_old_leader() {
     }
     let (old, _) = old_pod.lead_shard("east", "pod-a").await.expect("lead");
     let queues = ["office".to_string()];
+    old_pod
+        .own_queues(&old, &queues, &["east".to_string()])
+        .await
+        .expect("own the queue");
     let claiming = tokio::spawn({
         let (pod, old, queues) = (old_pod.clone(), old.clone(), queues.clone());
         async move {
