@@ -350,6 +350,11 @@ impl Shard {
 
     /// Starts pod `pod` of the shard (one of `replicas`) on `config`.
     pub fn pod(&self, config: &str, pod: &str, replicas: u32) -> Result<Spooler> {
+        self.pod_of(&self.name, config, pod, replicas)
+    }
+
+    /// Starts pod `pod` of another shard, `shard`, on the same stores and API server.
+    pub fn pod_of(&self, shard: &str, config: &str, pod: &str, replicas: u32) -> Result<Spooler> {
         let args = [
             "--store-dsn".to_string(),
             self.postgres.dsn(),
@@ -366,9 +371,9 @@ impl Shard {
             "--replicas".into(),
             replicas.to_string(),
             "--shard".into(),
-            self.name.clone(),
+            shard.into(),
             "--shard-lease".into(),
-            self.name.clone(),
+            shard.into(),
             "--lease-namespace".into(),
             LEASE_NAMESPACE.into(),
             "--lease-duration".into(),
@@ -390,12 +395,14 @@ impl Shard {
 
     /// `queue` annotated as one of this shard's, for the pods' configuration.
     pub fn queue_yaml(&self, queue: &str, printers: &[&str], extra_spec: &str) -> String {
-        crate::spooler::queue_yaml(queue, printers, extra_spec).replace(
-            &format!("  name: {queue}\n"),
-            &format!(
-                "  name: {queue}\n  annotations:\n    printfleet.io/shard: \"{}\"\n",
-                self.name
-            ),
-        )
+        sharded_queue_yaml(&self.name, queue, printers, extra_spec)
     }
+}
+
+/// `queue` annotated as one of `shard`'s, as the operator writes it.
+pub fn sharded_queue_yaml(shard: &str, queue: &str, printers: &[&str], extra_spec: &str) -> String {
+    crate::spooler::queue_yaml(queue, printers, extra_spec).replace(
+        &format!("  name: {queue}\n"),
+        &format!("  name: {queue}\n  annotations:\n    printfleet.io/shard: \"{shard}\"\n"),
+    )
 }

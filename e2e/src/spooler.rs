@@ -197,6 +197,15 @@ impl Spooler {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Replaces the configuration file (a rename, as a ConfigMap update lands); the
+    /// spooler reloads it within its poll interval.
+    pub fn write_config(&self, config_yaml: &str) -> Result<()> {
+        let temporary = self.dir.path().join("config.yaml.new");
+        std::fs::write(&temporary, config_yaml)
+            .and_then(|()| std::fs::rename(&temporary, self.dir.path().join("config.yaml")))
+            .map_err(HarnessError::io("replacing the spooler config"))
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }

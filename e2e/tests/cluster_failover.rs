@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use printfleet_e2e::cluster::Shard;
+use printfleet_e2e::cluster::{Shard, sharded_queue_yaml};
 use printfleet_e2e::documents;
 use printfleet_e2e::spooler::{config_yaml, http_get, printer_yaml};
 use printfleet_e2e::{IppConnection, IppEvePrinter, RawSink, Spooler};
@@ -590,4 +590,116 @@ fn printed_first(sink: &RawSink, since: Instant) -> Instant {
         .filter(|started| *started > since)
         .min()
         .unwrap_or(since)
+}
+
+/// Who printed each job, from the pods' logs ("job delivered" with its job-id).
+fn delivered_by(pod: &Spooler) -> BTreeSet<i32> {
+    pod.log()
+        .lines()
+        .filter(|line| line.contains("job delivered"))
+        .filter_map(|line| {
+            let plain = strip_ansi(line);
+            let start = plain.find("job_id=")? + "job_id=".len();
+            let digits: String = plain[start..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// When the operator moves a queue to another shard, each shard's pods see the new
+/// configuration at their own moment. The store decides who dispatches: the new shard
+/// takes the queue only once the old one has let go of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_moved_between_shards_is_dispatched_by_one_shard_at_a_time() {
+    const OTHER: &str = "printfleet-shard-1";
+    let cluster = start_shard().await;
+    let sink = RawSink::start(4096).await.expect("sink");
+    let config_on = |shard: &str| {
+        config_yaml(&[
+            printer_yaml("raw", &sink.uri()),
+            sharded_queue_yaml(shard, "failover-raw", &["raw"], ""),
+            // Each shard has a queue of its own besides, so both stay named.
+            sharded_queue_yaml(SHARD, "stays-0", &["raw"], ""),
+            sharded_queue_yaml(OTHER, "stays-1", &["raw"], ""),
+        ])
+    };
+    let start = |shard: &str, name: &str| {
+        cluster
+            .pod_of(shard, &config_on(SHARD), name, 1)
+            .unwrap_or_else(|error| panic!("pod {name}: {error}"))
+    };
+    let old = start(SHARD, "old-0");
+    let new = start(OTHER, "new-0");
+    let uri = new.queue_uri("{queue}");
+    let print_some = |range: std::ops::Range<usize>| {
+        let uri = uri.clone();
+        async move {
+            let mut ids = BTreeSet::new();
+            for submission in range.map(|n| n * IPP_EVERY + 1) {
+                match print(&uri, submission).await {
+                    Ok(id) => ids.insert(id),
+                    Err(_) => panic!("submission {submission} refused"),
+                };
+            }
+            ids
+        }
+    };
+    let printed_by =
+        |pod: &Spooler, ids: &BTreeSet<i32>| delivered_by(pod).intersection(ids).count();
+    let all_printed = |ids: &BTreeSet<i32>| {
+        let (old, new) = (delivered_by(&old), delivered_by(&new));
+        ids.iter().all(|id| old.contains(id) || new.contains(id))
+    };
+
+    let before = print_some(0..5).await;
+    eventually("jobs on the old shard", Duration::from_secs(30), || {
+        all_printed(&before).then_some(())
+    })
+    .await;
+    assert_eq!(printed_by(&old, &before), before.len());
+
+    // The new shard's pod sees the move first: the old shard still owns the queue.
+    new.write_config(&config_on(OTHER)).expect("config");
+    eventually("the new shard's reload", Duration::from_secs(20), || {
+        new.log().contains("configuration reloaded").then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = print_some(5..10).await;
+    eventually("jobs during the move", Duration::from_secs(30), || {
+        all_printed(&during).then_some(())
+    })
+    .await;
+    assert_eq!(
+        printed_by(&old, &during),
+        during.len(),
+        "only the old shard dispatches until it lets go"
+    );
+
+    // Then the old shard's pod: it lets go, and the new shard takes the queue.
+    old.write_config(&config_on(OTHER)).expect("config");
+    eventually("the old shard's reload", Duration::from_secs(20), || {
+        old.log().contains("configuration reloaded").then_some(())
+    })
+    .await;
+    let after = print_some(10..15).await;
+    eventually("jobs after the move", Duration::from_secs(30), || {
+        all_printed(&after).then_some(())
+    })
+    .await;
+    assert_eq!(
+        printed_by(&new, &after),
+        after.len(),
+        "the new shard took over"
+    );
+    let everything: BTreeSet<i32> = before.union(&during).chain(after.iter()).copied().collect();
+    let (by_old, by_new) = (delivered_by(&old), delivered_by(&new));
+    let twice: Vec<&i32> = by_old
+        .intersection(&by_new)
+        .filter(|id| everything.contains(id))
+        .collect();
+    assert!(twice.is_empty(), "printed by both shards: {twice:?}");
 }
