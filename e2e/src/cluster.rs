@@ -26,6 +26,10 @@ pub struct Postgres {
     process: ChildGuard,
     dir: TempDir,
     port: u16,
+    bin: PathBuf,
+    /// The `postgres` user's (uid, gid) when running as root.
+    user: Option<(u32, u32)>,
+    fsync: bool,
 }
 
 impl Postgres {
@@ -54,41 +58,38 @@ impl Postgres {
         } else {
             None
         };
-        let command = |program: &str| {
-            let mut command = Command::new(bin.join(program));
-            command.current_dir(dir.path());
-            if let Some((uid, gid)) = user {
-                std::os::unix::process::CommandExt::uid(&mut command, uid);
-                std::os::unix::process::CommandExt::gid(&mut command, gid);
-            }
-            command
-        };
-        let data = dir.path().join("data");
-        let mut initdb = command("initdb");
+        let mut initdb = command_as(&bin, "initdb", dir.path(), user);
         initdb.args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"]);
         initdb
             .args(["--no-sync", "--no-instructions", "-D"])
-            .arg(&data);
+            .arg(dir.path().join("data"));
         run(initdb)?;
         let port = free_port()?;
-        let mut postgres = command("postgres");
-        postgres.arg("-D").arg(&data);
-        postgres
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path());
-        postgres.args(["-c", "listen_addresses=127.0.0.1"]);
-        postgres.args(["-c", "max_connections=200"]);
-        if !fsync {
-            postgres.args(["-c", "fsync=off"]);
+        let process = serve(&bin, dir.path(), user, port, fsync)?;
+        Ok(Postgres {
+            process,
+            dir,
+            port,
+            bin,
+            user,
+            fsync,
+        })
+    }
+
+    /// Stops the server as an administrator does (`pg_ctl stop -m fast`: clients are
+    /// disconnected, everything committed is on disk), then starts it again on the same
+    /// port and data after `down`.
+    pub fn restart(&mut self, down: Duration) -> Result<()> {
+        let stopped = Command::new("kill")
+            .args(["-INT", &self.process.id().to_string()])
+            .status()
+            .is_ok_and(|status| status.success());
+        if !stopped || !wait_until(START_TIMEOUT, || self.process.exit_status().is_some()) {
+            return Err(HarnessError::Ipp("PostgreSQL did not stop".into()));
         }
-        let mut process =
-            ChildGuard::spawn("postgres", postgres, &dir.path().join("postgres.log"))?;
-        process.wait_ready(START_TIMEOUT, || {
-            let mut isready = command("pg_isready");
-            isready.args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()]);
-            isready.status().is_ok_and(|status| status.success())
-        })?;
-        Ok(Postgres { process, dir, port })
+        std::thread::sleep(down);
+        self.process = serve(&self.bin, self.dir.path(), self.user, self.port, self.fsync)?;
+        Ok(())
     }
 
     /// The postmaster's process id (its backends are its children).
@@ -107,6 +108,42 @@ impl Postgres {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
+}
+
+/// `program` of the PostgreSQL binaries, run in `dir` as `user` when given.
+fn command_as(bin: &Path, program: &str, dir: &Path, user: Option<(u32, u32)>) -> Command {
+    let mut command = Command::new(bin.join(program));
+    command.current_dir(dir);
+    if let Some((uid, gid)) = user {
+        std::os::unix::process::CommandExt::uid(&mut command, uid);
+        std::os::unix::process::CommandExt::gid(&mut command, gid);
+    }
+    command
+}
+
+/// Starts the server on `dir`/data and waits until it accepts connections.
+fn serve(
+    bin: &Path,
+    dir: &Path,
+    user: Option<(u32, u32)>,
+    port: u16,
+    fsync: bool,
+) -> Result<ChildGuard> {
+    let mut postgres = command_as(bin, "postgres", dir, user);
+    postgres.arg("-D").arg(dir.join("data"));
+    postgres.args(["-p", &port.to_string(), "-k"]).arg(dir);
+    postgres.args(["-c", "listen_addresses=127.0.0.1"]);
+    postgres.args(["-c", "max_connections=200"]);
+    if !fsync {
+        postgres.args(["-c", "fsync=off"]);
+    }
+    let mut process = ChildGuard::spawn("postgres", postgres, &dir.join("postgres.log"))?;
+    process.wait_ready(START_TIMEOUT, || {
+        let mut isready = command_as(bin, "pg_isready", dir, user);
+        isready.args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()]);
+        isready.status().is_ok_and(|status| status.success())
+    })?;
+    Ok(process)
 }
 
 impl Drop for Postgres {

@@ -381,12 +381,12 @@ impl PrinterWorker {
         }
     }
 
-    /// Records the outcome (a few tries while the store is unavailable) and counts it.
+    /// Records the outcome and counts it. While the store is unavailable (PostgreSQL
+    /// restarting) it tries again, waiting longer each time, until the worker is stopped.
     async fn finish(&self, job: &Job, outcome: Outcome) {
         let is_retry = matches!(outcome, Outcome::Retry { .. });
-        let mut tries = 0;
+        let mut wait = Duration::from_millis(250);
         let finished = loop {
-            tries += 1;
             match self
                 .app
                 .store
@@ -398,13 +398,14 @@ impl PrinterWorker {
                     tracing::warn!("claim lost to another dispatcher; leaving the job to it");
                     return;
                 }
-                Err(StoreError::Unavailable(error)) if tries < 3 => {
-                    tracing::warn!(%error, "store unavailable while recording the outcome");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                Err(StoreError::Unavailable(error)) if !self.is_stopped() => {
+                    tracing::warn!(%error, retry_in = ?wait, "store unavailable while recording the outcome");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
                 }
                 Err(error) => {
                     // The job stays processing under our claim; recovery at the next
-                    // start puts it back.
+                    // start or takeover puts it back.
                     tracing::error!(%error, "recording the job's outcome");
                     return;
                 }
