@@ -197,12 +197,16 @@ impl Spooler {
         format!("127.0.0.1:{}", self.port)
     }
 
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.yaml")
+    }
+
     /// Replaces the configuration file (a rename, as a ConfigMap update lands); the
     /// spooler reloads it within its poll interval.
     pub fn write_config(&self, config_yaml: &str) -> Result<()> {
         let temporary = self.dir.path().join("config.yaml.new");
         std::fs::write(&temporary, config_yaml)
-            .and_then(|()| std::fs::rename(&temporary, self.dir.path().join("config.yaml")))
+            .and_then(|()| std::fs::rename(&temporary, self.config_path()))
             .map_err(HarnessError::io("replacing the spooler config"))
     }
 

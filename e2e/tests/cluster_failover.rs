@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use printfleet_e2e::cluster::{Shard, sharded_queue_yaml};
 use printfleet_e2e::documents;
-use printfleet_e2e::spooler::{config_yaml, http_get, printer_yaml};
+use printfleet_e2e::spooler::{config_yaml, http_get, printer_yaml, spooler_binary};
 use printfleet_e2e::{IppConnection, IppEvePrinter, RawSink, Spooler};
 
 const SHARD: &str = "printfleet-shard-0";
@@ -819,5 +819,21 @@ async fn postgres_restarting_under_load_loses_nothing_and_charges_each_job_once(
         SUBMISSIONS as i64 * PRICE_MINOR,
         "{row}"
     );
+    // The report command in a pod (PRINTFLEET_STORE_DSN set) reads the same shared ledger.
+    let output = std::process::Command::new(spooler_binary().expect("spooler binary"))
+        .args(["report", "--by", "queue", "--format", "json", "--config"])
+        .arg(pods[1].config_path())
+        .arg("--state-dir")
+        .arg(pods[1].state_dir())
+        .env("PRINTFLEET_STORE_DSN", cluster.postgres.dsn())
+        .output()
+        .expect("run the report command");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["rows"][0], row, "the command and HTTP agree");
     eprintln!("{SUBMISSIONS} jobs through a PostgreSQL restart; {retried} submissions retried");
 }

@@ -156,7 +156,12 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.state_dir)
         .with_context(|| format!("creating the state directory {}", cli.state_dir.display()))?;
     let cluster = cli.cluster_options();
-    let store = open_job_store(&cli).await?;
+    let store = open_job_store(
+        cli.store_dsn.as_deref(),
+        &cli.state_dir,
+        Duration::from_secs(cli.store_connect_timeout),
+    )
+    .await?;
     let documents = open_document_store(&cli, &cluster)?;
 
     let claimer_id = cluster.claimer_id(cluster::host_name());
@@ -318,17 +323,18 @@ impl Cli {
     }
 }
 
-/// PostgreSQL when a DSN is given (waiting for it a while), else SQLite in the state
-/// directory.
-async fn open_job_store(cli: &Cli) -> anyhow::Result<Arc<dyn JobStore>> {
-    match &cli.store_dsn {
-        Some(dsn) => {
-            let budget = Duration::from_secs(cli.store_connect_timeout);
-            Ok(Arc::new(cluster::connect_postgres(dsn, budget).await?))
-        }
+/// PostgreSQL when a DSN is given (waiting for it up to `budget`), else SQLite in the
+/// state directory.
+async fn open_job_store(
+    store_dsn: Option<&str>,
+    state_dir: &Path,
+    budget: Duration,
+) -> anyhow::Result<Arc<dyn JobStore>> {
+    match store_dsn {
+        Some(dsn) => Ok(Arc::new(cluster::connect_postgres(dsn, budget).await?)),
         None => {
-            let store = SqliteJobStore::open(&cli.state_dir.join(DATABASE_FILE))
-                .with_context(|| format!("opening the job store in {}", cli.state_dir.display()))?;
+            let store = SqliteJobStore::open(&state_dir.join(DATABASE_FILE))
+                .with_context(|| format!("opening the job store in {}", state_dir.display()))?;
             Ok(Arc::new(store))
         }
     }
@@ -356,14 +362,21 @@ fn open_document_store(
 /// `printfleet-spooler report ...`: an accounting report from the state directory.
 fn report(args: ReportArgs) -> anyhow::Result<()> {
     init_logging(LogFormat::Text);
-    let database = args.state_dir.join(DATABASE_FILE);
     let text = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(printfleet_spooler::accounting::report::run_command(
-            &args, &database,
-        ))?;
+        .block_on(async {
+            let store = open_job_store(
+                args.store_dsn.as_deref(),
+                &args.state_dir,
+                Duration::from_secs(10),
+            )
+            .await?;
+            let text =
+                printfleet_spooler::accounting::report::run_command(&args, store.as_ref()).await?;
+            anyhow::Ok(text)
+        })?;
     print!("{text}");
     Ok(())
 }

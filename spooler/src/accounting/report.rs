@@ -391,9 +391,13 @@ pub fn parse_bound(value: &str, bound: Bound, tz: &TimeZone) -> Result<Timestamp
     about = "Print an accounting report from the spooler's ledger"
 )]
 pub struct ReportArgs {
-    /// The spooler's state directory (job database and installation salt).
+    /// The spooler's state directory (its SQLite job database).
     #[arg(long, env = "PRINTFLEET_STATE_DIR", default_value = "printfleet-state")]
     pub state_dir: std::path::PathBuf,
+    /// The PostgreSQL job store of a cluster [default: SQLite in --state-dir]. Set in a
+    /// spooler pod, so `printfleet-spooler report` there reads the shared ledger.
+    #[arg(long, env = "PRINTFLEET_STORE_DSN", hide_env_values = true)]
+    pub store_dsn: Option<String>,
     /// The spooler's configuration (for each queue's privacy mode).
     #[arg(long, env = "PRINTFLEET_CONFIG")]
     pub config: std::path::PathBuf,
@@ -423,15 +427,12 @@ pub enum ReportError {
         path: String,
         source: super::admission::SaltError,
     },
-    #[error("job store {path}: {source}")]
-    Store { path: String, source: StoreError },
+    #[error("job store: {0}")]
+    Store(#[from] StoreError),
 }
 
-/// Runs the report command against the SQLite database at `database`; returns the report.
-pub async fn run_command(
-    args: &ReportArgs,
-    database: &std::path::Path,
-) -> Result<String, ReportError> {
+/// Runs the report command against `store`; returns the report.
+pub async fn run_command(args: &ReportArgs, store: &dyn JobStore) -> Result<String, ReportError> {
     let bound = |value: &Option<String>, bound, flag| {
         value
             .as_deref()
@@ -442,20 +443,13 @@ pub async fn run_command(
     let from = bound(&args.from, Bound::From, "from")?;
     let to = bound(&args.to, Bound::To, "to")?;
     let config = Config::load(&args.config)?;
-    let store_error = |source| ReportError::Store {
-        path: database.display().to_string(),
-        source,
-    };
-    let store = crate::store::SqliteJobStore::open(database).map_err(store_error)?;
-    let salt = super::admission::installation_salt(&store, &args.state_dir)
+    let salt = super::admission::installation_salt(store, &args.state_dir)
         .await
         .map_err(|source| ReportError::Salt {
             path: args.state_dir.display().to_string(),
             source,
         })?;
-    let report = generate(&store, &config, &salt, args.by, from, to)
-        .await
-        .map_err(store_error)?;
+    let report = generate(store, &config, &salt, args.by, from, to).await?;
     Ok(report.render(args.format))
 }
 
