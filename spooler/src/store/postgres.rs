@@ -127,6 +127,42 @@ fn job_ids(rows: &[Row]) -> Result<Vec<JobId>, StoreError> {
     Ok(ids)
 }
 
+/// The statement that hands processing jobs back to the queue (recovery, takeover, a
+/// removed shard's queues): `$1` is pending, `$2` processing, `$cond` picks the jobs.
+macro_rules! requeue_where {
+    ($cond:literal) => {
+        concat!(
+            "UPDATE jobs SET state = $1, reasons = '[]', claimer_id = NULL, \
+             claimer_epoch = NULL, claimer_shard = NULL WHERE state = $2 AND ",
+            $cond
+        )
+    };
+}
+
+/// `NotLeader` unless `claimer` still leads `shard`. The row is held FOR SHARE until the
+/// transaction ends, so a takeover (which updates it) waits for what follows.
+async fn check_leads(
+    client: &impl GenericClient,
+    shard: &str,
+    claimer: &Claimer,
+) -> Result<(), StoreError> {
+    let leads = client
+        .query_opt(
+            "SELECT 1 FROM shard_leaders \
+             WHERE shard = $1 AND claimer_id = $2 AND epoch = $3 FOR SHARE",
+            &[&shard, &claimer.id, &claimer.epoch],
+        )
+        .await?
+        .is_some();
+    if leads {
+        Ok(())
+    } else {
+        Err(StoreError::NotLeader {
+            shard: shard.to_string(),
+        })
+    }
+}
+
 /// How the store uses its connections.
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
@@ -486,19 +522,7 @@ impl Database {
         }
         // Nothing claimed: nothing ready, or no longer the leader (told apart only then).
         if let Some(shard) = &claimer.shard {
-            let leads = client
-                .query_opt(
-                    "SELECT 1 FROM shard_leaders \
-                     WHERE shard = $1 AND claimer_id = $2 AND epoch = $3",
-                    &[shard, &claimer.id, &claimer.epoch],
-                )
-                .await?
-                .is_some();
-            if !leads {
-                return Err(StoreError::NotLeader {
-                    shard: shard.clone(),
-                });
-            }
+            check_leads(&client, shard, claimer).await?;
         }
         Ok(None)
     }
@@ -563,10 +587,9 @@ impl Database {
         let client = self.client().await?;
         let rows = client
             .query(
-                "UPDATE jobs SET state = $1, reasons = '[]', claimer_id = NULL, \
-                 claimer_epoch = NULL, claimer_shard = NULL \
-                 WHERE state = $2 AND (claimer_id IS DISTINCT FROM $3 OR claimer_epoch < $4) \
-                 RETURNING id",
+                requeue_where!(
+                    "(claimer_id IS DISTINCT FROM $3 OR claimer_epoch < $4) RETURNING id"
+                ),
                 &[
                     &JobState::Pending.as_i32(),
                     &JobState::Processing.as_i32(),
@@ -591,20 +614,8 @@ impl Database {
         };
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        // FOR SHARE, as a claim: a takeover of the shard waits for this hand-off.
-        let leads = tx
-            .query_opt(
-                "SELECT 1 FROM shard_leaders \
-                 WHERE shard = $1 AND claimer_id = $2 AND epoch = $3 FOR SHARE",
-                &[shard, &claimer.id, &claimer.epoch],
-            )
-            .await?
-            .is_some();
-        if !leads {
-            return Err(StoreError::NotLeader {
-                shard: shard.clone(),
-            });
-        }
+        // As a claim does: a takeover of the shard waits for this hand-off.
+        check_leads(&tx, shard, claimer).await?;
         // Hand-offs of one queue are serialized by its row; two shards taking the same
         // free queue meet on the primary key (ON CONFLICT DO NOTHING).
         tx.execute(
@@ -617,10 +628,10 @@ impl Database {
         // Queues of removed shards: their jobs in flight go back to pending, then the
         // queues are free.
         tx.execute(
-            "UPDATE jobs SET state = $1, reasons = '[]', claimer_id = NULL, \
-             claimer_epoch = NULL, claimer_shard = NULL \
-             WHERE state = $2 AND queue IN (SELECT queue FROM queue_owners \
-                 WHERE queue = ANY($3) AND shard <> ALL($4) AND shard <> $5)",
+            requeue_where!(
+                "queue IN (SELECT queue FROM queue_owners \
+                 WHERE queue = ANY($3) AND shard <> ALL($4) AND shard <> $5)"
+            ),
             &[
                 &JobState::Pending.as_i32(),
                 &JobState::Processing.as_i32(),
@@ -675,9 +686,7 @@ impl Database {
             .try_get(0)?;
         let rows = tx
             .query(
-                "UPDATE jobs SET state = $1, reasons = '[]', claimer_id = NULL, \
-                 claimer_epoch = NULL, claimer_shard = NULL \
-                 WHERE state = $2 AND claimer_shard = $3 RETURNING id",
+                requeue_where!("claimer_shard = $3 RETURNING id"),
                 &[
                     &JobState::Pending.as_i32(),
                     &JobState::Processing.as_i32(),

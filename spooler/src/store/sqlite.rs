@@ -114,6 +114,18 @@ macro_rules! select_jobs {
     };
 }
 
+/// The statement that hands processing jobs back to the queue (recovery, takeover, a
+/// removed shard's queues): `?1` is pending, `?2` processing, `$cond` picks the jobs.
+macro_rules! requeue_where {
+    ($cond:literal) => {
+        concat!(
+            "UPDATE jobs SET state = ?1, reasons = '[]', claimer_id = NULL, \
+             claimer_epoch = NULL, claimer_shard = NULL WHERE state = ?2 AND ",
+            $cond
+        )
+    };
+}
+
 /// A job store in one SQLite file (WAL; a durable write is answered once the log is fsynced).
 pub struct SqliteJobStore {
     /// `None` only while dropping, so the writer thread sees the channel close.
@@ -919,11 +931,9 @@ fn finish(
 
 fn recover(conn: &Connection, current: &Claimer) -> Result<Vec<JobId>, StoreError> {
     let ids = conn
-        .prepare_cached(
-            "UPDATE jobs SET state = ?1, reasons = '[]', claimer_id = NULL, claimer_epoch = NULL, \
-             claimer_shard = NULL \
-             WHERE state = ?2 AND (claimer_id IS NOT ?3 OR claimer_epoch < ?4) RETURNING id",
-        )?
+        .prepare_cached(requeue_where!(
+            "(claimer_id IS NOT ?3 OR claimer_epoch < ?4) RETURNING id"
+        ))?
         .query_map(
             params![
                 JobState::Pending.as_i32(),
@@ -950,11 +960,7 @@ fn lead_shard(
         )?
         .query_row(params![shard, claimer_id], |row| row.get(0))?;
     let ids = conn
-        .prepare_cached(
-            "UPDATE jobs SET state = ?1, reasons = '[]', claimer_id = NULL, claimer_epoch = NULL, \
-             claimer_shard = NULL \
-             WHERE state = ?2 AND claimer_shard = ?3 RETURNING id",
-        )?
+        .prepare_cached(requeue_where!("claimer_shard = ?3 RETURNING id"))?
         .query_map(
             params![
                 JobState::Pending.as_i32(),
@@ -993,13 +999,11 @@ fn own_queues(
     .execute(params![shard, queues, JobState::Processing.as_i32()])?;
     // Queues of removed shards: their jobs in flight go back to pending, then the queues
     // are free.
-    conn.prepare_cached(
-        "UPDATE jobs SET state = ?1, reasons = '[]', claimer_id = NULL, claimer_epoch = NULL, \
-         claimer_shard = NULL \
-         WHERE state = ?2 AND queue IN (SELECT queue FROM queue_owners \
+    conn.prepare_cached(requeue_where!(
+        "queue IN (SELECT queue FROM queue_owners \
              WHERE queue IN (SELECT value FROM json_each(?3)) \
-               AND shard NOT IN (SELECT value FROM json_each(?4)) AND shard <> ?5)",
-    )?
+               AND shard NOT IN (SELECT value FROM json_each(?4)) AND shard <> ?5)"
+    ))?
     .execute(params![
         JobState::Pending.as_i32(),
         JobState::Processing.as_i32(),
