@@ -166,12 +166,6 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
 
     let claimer_id = cluster.claimer_id(cluster::host_name());
     let role = cluster.dispatch_role();
-    let standalone_claimer = match role {
-        DispatchRole::Standalone => {
-            Some(standalone_takeover(store.as_ref(), claimer_id.clone()).await?)
-        }
-        _ => None,
-    };
 
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => Some(printfleet_spooler::http::tls_acceptor(cert, key)?),
@@ -213,7 +207,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     let mut lease_task = None;
     let dispatcher = match role {
         DispatchRole::Standalone => {
-            let claimer = standalone_claimer.context("the standalone claimer")?;
+            let claimer = standalone_takeover(app.store.as_ref(), claimer_id.clone()).await?;
             start_dispatcher(dispatch::run(app.clone(), claimer, dispatch_stopped))?
         }
         DispatchRole::Shard { shard } => {

@@ -186,7 +186,8 @@ async fn hand_off(
         return;
     };
     let mut config = app.config.clone();
-    let mut tick = tokio::time::interval(interval);
+    // The first look is now, below; the ticks come after it.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut owned: Vec<String> = Vec::new();
     loop {
