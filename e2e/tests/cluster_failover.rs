@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use printfleet_e2e::cluster::{Shard, sharded_queue_yaml};
 use printfleet_e2e::documents;
+use printfleet_e2e::process::eventually;
 use printfleet_e2e::spooler::{config_yaml, http_get, printer_yaml, spooler_binary};
 use printfleet_e2e::{IppConnection, IppEvePrinter, RawSink, Spooler};
 
@@ -265,17 +266,6 @@ fn strip_ansi(line: &str) -> String {
         }
     }
     plain
-}
-
-async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Kills the current leader once it has printed something since `since`; returns when
@@ -612,6 +602,15 @@ fn delivered_by(pod: &Spooler) -> BTreeSet<i32> {
         .collect()
 }
 
+/// Gives `pod` a new configuration and waits until it has loaded it (once per pod).
+async fn reload(pod: &Spooler, config: &str) {
+    pod.write_config(config).expect("config");
+    eventually("the configuration reload", Duration::from_secs(20), || {
+        pod.log().contains("configuration reloaded").then_some(())
+    })
+    .await;
+}
+
 /// When the operator moves a queue to another shard, each shard's pods see the new
 /// configuration at their own moment. The store decides who dispatches: the new shard
 /// takes the queue only once the old one has let go of it.
@@ -637,8 +636,13 @@ async fn a_queue_moved_between_shards_is_dispatched_by_one_shard_at_a_time() {
     let old = start(SHARD, "old-0");
     let new = start(OTHER, "new-0");
     let uri = new.queue_uri("{queue}");
-    let print_some = |range: std::ops::Range<usize>| {
-        let uri = uri.clone();
+    let all_printed = |ids: &BTreeSet<i32>| {
+        let (old, new) = (delivered_by(&old), delivered_by(&new));
+        ids.iter().all(|id| old.contains(id) || new.contains(id))
+    };
+    // Submits a few jobs and waits until some shard has printed them all.
+    let print_some = |range: std::ops::Range<usize>, what: &'static str| {
+        let (uri, all_printed) = (uri.clone(), &all_printed);
         async move {
             let mut ids = BTreeSet::new();
             for submission in range.map(|n| n * IPP_EVERY + 1) {
@@ -647,35 +651,23 @@ async fn a_queue_moved_between_shards_is_dispatched_by_one_shard_at_a_time() {
                     Err(_) => panic!("submission {submission} refused"),
                 };
             }
+            eventually(what, Duration::from_secs(30), || {
+                all_printed(&ids).then_some(())
+            })
+            .await;
             ids
         }
     };
     let printed_by =
         |pod: &Spooler, ids: &BTreeSet<i32>| delivered_by(pod).intersection(ids).count();
-    let all_printed = |ids: &BTreeSet<i32>| {
-        let (old, new) = (delivered_by(&old), delivered_by(&new));
-        ids.iter().all(|id| old.contains(id) || new.contains(id))
-    };
 
-    let before = print_some(0..5).await;
-    eventually("jobs on the old shard", Duration::from_secs(30), || {
-        all_printed(&before).then_some(())
-    })
-    .await;
+    let before = print_some(0..5, "jobs on the old shard").await;
     assert_eq!(printed_by(&old, &before), before.len());
 
     // The new shard's pod sees the move first: the old shard still owns the queue.
-    new.write_config(&config_on(OTHER)).expect("config");
-    eventually("the new shard's reload", Duration::from_secs(20), || {
-        new.log().contains("configuration reloaded").then_some(())
-    })
-    .await;
+    reload(&new, &config_on(OTHER)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let during = print_some(5..10).await;
-    eventually("jobs during the move", Duration::from_secs(30), || {
-        all_printed(&during).then_some(())
-    })
-    .await;
+    let during = print_some(5..10, "jobs during the move").await;
     assert_eq!(
         printed_by(&old, &during),
         during.len(),
@@ -683,16 +675,8 @@ async fn a_queue_moved_between_shards_is_dispatched_by_one_shard_at_a_time() {
     );
 
     // Then the old shard's pod: it lets go, and the new shard takes the queue.
-    old.write_config(&config_on(OTHER)).expect("config");
-    eventually("the old shard's reload", Duration::from_secs(20), || {
-        old.log().contains("configuration reloaded").then_some(())
-    })
-    .await;
-    let after = print_some(10..15).await;
-    eventually("jobs after the move", Duration::from_secs(30), || {
-        all_printed(&after).then_some(())
-    })
-    .await;
+    reload(&old, &config_on(OTHER)).await;
+    let after = print_some(10..15, "jobs after the move").await;
     assert_eq!(
         printed_by(&new, &after),
         after.len(),

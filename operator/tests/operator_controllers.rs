@@ -16,6 +16,7 @@ use printfleet_operator::metrics::Metrics;
 use printfleet_operator::shard::ShardSettings;
 use serde_json::Value;
 use support::apiserver::ApiServer;
+use support::file_printer;
 use tokio::sync::oneshot;
 
 const NS: &str = "office";
@@ -93,28 +94,8 @@ async fn start_with(
 }
 
 /// Polls `check` until it gives a value, failing the test after 20 s.
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn file_printer(name: &str) -> Printer {
-    Printer::new(
-        name,
-        PrinterSpec {
-            uri: format!("file:///var/spool/{name}"),
-            ..PrinterSpec::default()
-        },
-    )
+async fn eventually<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    printfleet_e2e::process::eventually(what, Duration::from_secs(20), check).await
 }
 
 fn queue(name: &str, printers: &[&str], policy: Option<&str>) -> PrintQueue {

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use kube::Api;
 use kube::api::PostParams;
-use printfleet_crds::{PrintQueue, PrintQueueSpec, Printer, PrinterSpec};
+use printfleet_crds::{PrintQueue, PrintQueueSpec, Printer};
 use printfleet_e2e::apiserver::write_kubeconfig;
+use printfleet_e2e::process::eventually;
 use support::apiserver::ApiServer;
 use support::operator_process::OperatorProcess;
 
@@ -24,17 +25,6 @@ fn holder(api: &ApiServer) -> Option<String> {
     )?["spec"]["holderIdentity"]
         .as_str()
         .map(str::to_owned)
-}
-
-async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn add_queue(client: &kube::Client, name: &str) {
@@ -99,16 +89,7 @@ async fn a_standby_takes_over_when_the_leader_stops_or_dies() {
     let client = api.client();
     let printers: Api<Printer> = Api::namespaced(client.clone(), NS);
     printers
-        .create(
-            &PostParams::default(),
-            &Printer::new(
-                "hall",
-                PrinterSpec {
-                    uri: "file:///var/spool/hall".into(),
-                    ..PrinterSpec::default()
-                },
-            ),
-        )
+        .create(&PostParams::default(), &support::file_printer("hall"))
         .await
         .expect("create printer");
     add_queue(&client, "first").await;

@@ -17,7 +17,7 @@ use kube::Api;
 use kube::api::PostParams;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use printfleet_crds::{PrintQueue, PrintQueueSpec, Printer, PrinterSpec};
+use printfleet_crds::{PrintQueue, PrintQueueSpec, Printer};
 use printfleet_e2e::apiserver::write_kubeconfig;
 use prost::Message;
 use support::apiserver::ApiServer;
@@ -138,16 +138,7 @@ async fn reconcile_spans_reach_the_otlp_endpoint() {
     );
     let client = api.client();
     Api::<Printer>::namespaced(client.clone(), "office")
-        .create(
-            &PostParams::default(),
-            &Printer::new(
-                "hall",
-                PrinterSpec {
-                    uri: "file:///var/spool/hall".into(),
-                    ..PrinterSpec::default()
-                },
-            ),
-        )
+        .create(&PostParams::default(), &support::file_printer("hall"))
         .await
         .expect("create printer");
     Api::<PrintQueue>::namespaced(client, "office")
