@@ -77,6 +77,7 @@ const MIGRATIONS: &[&str] = &[
     ledger::MIGRATION,
     ledger::QUOTA_TOTALS_MIGRATION,
     SHARD_LEADERS_MIGRATION,
+    ledger::NO_TEMPORARY_TABLES_MIGRATION,
 ];
 
 /// Shard leadership (see `JobStore::lead_shard`): the current leader and epoch per shard,
@@ -1079,19 +1080,19 @@ fn list_jobs(conn: &Connection, query: &JobQuery) -> Result<Vec<Job>, StoreError
     let limit = query
         .limit
         .map_or(-1, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
-    let sql = if query.which == WhichJobs::Completed {
-        select_jobs!(
-            "WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR owner = ?2) \
-             AND state BETWEEN ?3 AND ?4 ORDER BY id DESC LIMIT ?5"
-        )
+    let order = if query.which == WhichJobs::Completed {
+        "DESC"
     } else {
-        select_jobs!(
-            "WHERE (?1 IS NULL OR queue = ?1) AND (?2 IS NULL OR owner = ?2) \
-             AND state BETWEEN ?3 AND ?4 ORDER BY id ASC LIMIT ?5"
-        )
+        "ASC"
     };
+    let sql = format!(
+        "{} WHERE {} AND {} AND state BETWEEN ?3 AND ?4 ORDER BY id {order} LIMIT ?5",
+        select_jobs!(""),
+        filter(query.queue.is_some(), "queue = ?1", "?1"),
+        filter(query.owner.is_some(), "owner = ?2", "?2"),
+    );
     let mut jobs = conn
-        .prepare_cached(sql)?
+        .prepare_cached(&sql)?
         .query_map(
             params![query.queue, query.owner, lowest, highest, limit],
             job_from_row,
@@ -1101,6 +1102,17 @@ fn list_jobs(conn: &Connection, query: &JobQuery) -> Result<Vec<Job>, StoreError
         job.documents = load_documents(conn, job.id)?;
     }
     Ok(jobs)
+}
+
+/// `condition` when an optional filter is set, else a test that its parameter is NULL (so
+/// every parameter stays bound). SQLite plans a statement once for all bindings, so the
+/// usual `(?1 IS NULL OR queue = ?1)` would never use an index.
+pub(super) fn filter(set: bool, condition: &str, parameter: &str) -> String {
+    if set {
+        condition.to_owned()
+    } else {
+        format!("{parameter} IS NULL")
+    }
 }
 
 #[async_trait]
