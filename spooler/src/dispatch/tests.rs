@@ -650,3 +650,47 @@ fn open_jobs_time_out_only_without_new_documents() {
     assert!(open.idle_beyond(&[(2, 2)], past_first, timeout).is_empty());
     assert_eq!(open.idle_beyond(&[(2, 2)], later + timeout, timeout), [2]);
 }
+
+#[tokio::test]
+async fn a_stop_mid_stream_leaves_no_job_processing_and_nothing_sent_unrecorded() {
+    // The worker claims the next job while recording the last one's outcome; a stop that
+    // comes in between must hand that job back, not strand or send it.
+    for stop_after_ms in [2, 5, 10, 20, 30, 45, 60, 80] {
+        let out = tempfile::tempdir().unwrap();
+        let mut harness = Harness::new(config(
+            &[("demo", format!("file://{}", out.path().display()))],
+            &[("office", &["demo"])],
+        ));
+        let mut ids = Vec::new();
+        for n in 0..300 {
+            ids.push(
+                harness
+                    .submit("office", 50, format!("job {n}").as_bytes())
+                    .await
+                    .id,
+            );
+        }
+        harness.start();
+        tokio::time::sleep(Duration::from_millis(stop_after_ms)).await;
+        let store = harness.app.store.clone();
+        harness.stop().await;
+
+        let mut completed = 0;
+        for id in ids {
+            let job = store.job(id).await.unwrap().unwrap();
+            let printed = out.path().join(format!("{id}-1.txt")).exists();
+            match job.state {
+                JobState::Completed => {
+                    assert!(printed, "job {id} completed without being printed");
+                    completed += 1;
+                }
+                JobState::Pending => assert!(!printed, "job {id} printed but pending"),
+                state => panic!("job {id} left {state:?} after {stop_after_ms} ms"),
+            }
+        }
+        assert!(
+            completed < 300,
+            "the stop came before the end ({stop_after_ms} ms)"
+        );
+    }
+}

@@ -36,7 +36,10 @@ enum ServeEnd {
 
 /// How one job's attempt ended, as far as the worker is concerned.
 enum JobEnd {
+    /// The outcome is recorded (or not ours to record).
     Done,
+    /// The printer took the job; the outcome is left to record.
+    Delivered(Outcome),
     PrinterFailed,
 }
 
@@ -158,11 +161,18 @@ impl PrinterWorker {
         // The queues this printer serves change only with the configuration: computed
         // once per configuration, not on every look for work.
         let mut served: Option<(Arc<Config>, Vec<String>)> = None;
+        // The next job, claimed while the previous one's outcome was recorded.
+        let mut claimed_ahead: Option<Job> = None;
         loop {
             if self.is_stopped() {
+                if let Some(job) = claimed_ahead {
+                    // Not sent yet: handed back, so a stop (or a lost lease) never starts
+                    // a transmission.
+                    self.finish(&job, self.hand_back()).await;
+                }
                 return ServeEnd::Stopped;
             }
-            if healthy_at.elapsed() >= self.settings.health_recheck {
+            if claimed_ahead.is_none() && healthy_at.elapsed() >= self.settings.health_recheck {
                 return ServeEnd::Recheck;
             }
             // Registered before looking, so a wake between an empty claim and the wait
@@ -181,22 +191,28 @@ impl PrinterWorker {
             let queues = served
                 .as_ref()
                 .map_or(&[][..], |(_, queues)| queues.as_slice());
-            if !queues.is_empty() {
-                match app
-                    .store
-                    .claim_next(queues, &self.name, &self.claimer)
-                    .await
-                {
-                    Ok(Some(job)) => {
-                        match self.dispatch_job(backend, job, cancels).await {
-                            JobEnd::Done => healthy_at = Instant::now(),
-                            JobEnd::PrinterFailed => return ServeEnd::PrinterFailed,
+            let claimed = match claimed_ahead.take() {
+                Some(job) => Some(job),
+                None => self.claim(queues).await,
+            };
+            if let Some(job) = claimed {
+                match self.dispatch_job(backend, &job, cancels).await {
+                    JobEnd::Done => healthy_at = Instant::now(),
+                    JobEnd::Delivered(outcome) => {
+                        healthy_at = Instant::now();
+                        let finish = self.finish(&job, outcome).instrument(self.job_span(&job));
+                        if self.is_stopped() {
+                            finish.await;
+                        } else {
+                            // One trip to the store for both: the outcome and the next
+                            // claim are committed together.
+                            let (_, next) = tokio::join!(finish, self.claim(queues));
+                            claimed_ahead = next;
                         }
-                        continue;
                     }
-                    Ok(None) => {}
-                    Err(error) => tracing::warn!(%error, "claiming a job"),
+                    JobEnd::PrinterFailed => return ServeEnd::PrinterFailed,
                 }
+                continue;
             }
             tokio::select! {
                 _ = woken => {}
@@ -206,20 +222,44 @@ impl PrinterWorker {
         }
     }
 
+    /// The next job of `queues` for this printer, if there is one and we may have it.
+    async fn claim(&self, queues: &[String]) -> Option<Job> {
+        if queues.is_empty() {
+            return None;
+        }
+        match self
+            .app
+            .store
+            .claim_next(queues, &self.name, &self.claimer)
+            .await
+        {
+            Ok(job) => job,
+            Err(error) => {
+                tracing::warn!(%error, "claiming a job");
+                None
+            }
+        }
+    }
+
     async fn dispatch_job(
         &self,
         backend: &dyn Backend,
-        job: Job,
+        job: &Job,
         cancels: &mut broadcast::Receiver<JobId>,
     ) -> JobEnd {
-        let span = tracing::info_span!(
+        self.attempt(backend, job, cancels)
+            .instrument(self.job_span(job))
+            .await
+    }
+
+    fn job_span(&self, job: &Job) -> tracing::Span {
+        tracing::info_span!(
             "job",
             job_id = job.id,
             queue = %job.queue,
             printer = %self.name,
             attempt = job.attempts,
-        );
-        self.attempt(backend, &job, cancels).instrument(span).await
+        )
     }
 
     async fn attempt(
@@ -264,13 +304,11 @@ impl PrinterWorker {
                 sheets,
             }) => {
                 tracing::info!(seconds, ?impressions, ?sheets, "job delivered");
-                let outcome = Outcome::Completed {
+                JobEnd::Delivered(Outcome::Completed {
                     printer: self.name.clone(),
                     impressions,
                     sheets,
-                };
-                self.finish(job, outcome).await;
-                JobEnd::Done
+                })
             }
             Err(BackendError::Refused(message)) => {
                 tracing::warn!(%message, "printer refused the job");
@@ -365,6 +403,15 @@ impl PrinterWorker {
         Outcome::Aborted {
             printer: self.name.clone(),
             message: message.to_owned(),
+        }
+    }
+
+    /// Back to pending at once: for a job claimed but never sent.
+    fn hand_back(&self) -> Outcome {
+        Outcome::Retry {
+            printer: self.name.clone(),
+            message: "the printer's worker stopped before sending the job".to_owned(),
+            retry_at_ms: now_millis(),
         }
     }
 
