@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use rusqlite::{params, types::Type};
 use tokio::sync::oneshot;
@@ -311,8 +312,22 @@ fn classify(error: &rusqlite::Error) -> StoreError {
     }
 }
 
+/// Prepared statements kept per connection: the writer runs some forty distinct ones.
+const STATEMENT_CACHE: usize = 128;
+
+/// Keeps prepared statements prepared. SQLite as bundled plans with STAT4, and then
+/// re-prepares a statement whenever a parameter it planned with is bound to a new value:
+/// every `WHERE job_id = ?1`, on every call, an eighth of the spooler's CPU under load.
+/// The query planner stability guarantee plans once for all values; the plans are the same.
+fn configure_statements(conn: &Connection) -> Result<(), StoreError> {
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(())
+}
+
 fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    configure_statements(conn)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Internal(format!(
@@ -584,6 +599,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    configure_statements(&conn)?;
     Ok(conn)
 }
 
@@ -1329,8 +1345,9 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::job::JobTicket;
+    use crate::job::{DocumentBody, JobTicket};
     use crate::store::contract::{Backend, job_store_contract};
+    use rusqlite::StatementStatus;
 
     /// A database file in a temporary directory that lives as long as the backend.
     struct SqliteBackend {
@@ -1552,6 +1569,37 @@ mod tests {
                     "{answer:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn binding_new_values_does_not_prepare_a_statement_again() {
+        let backend = SqliteBackend::new();
+        let mut conn = Connection::open(backend.path()).expect("open");
+        configure_writer(&conn).expect("configure");
+        migrate(&mut conn).expect("schema");
+        let job = NewJob {
+            document: Some(NewDocument {
+                format: "text/plain".into(),
+                name: None,
+                size: 2,
+                body: DocumentBody::Inline(Bytes::from_static(b"hi")),
+            }),
+            ..new_job("alice")
+        };
+        for _ in 0..3 {
+            create_job(&conn, &job).expect("create");
+        }
+        let sql = "SELECT number FROM documents WHERE job_id = ?1 ORDER BY number";
+        for id in 1..=3 {
+            let mut statement = conn.prepare_cached(sql).expect("prepare");
+            let numbers: Vec<i32> = statement
+                .query_map([id], |row| row.get(0))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows");
+            assert_eq!(numbers, [1]);
+            assert_eq!(statement.get_status(StatementStatus::RePrepare), 0);
         }
     }
 
