@@ -20,6 +20,7 @@ use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::rules::{
@@ -195,7 +196,8 @@ pub struct PostgresJobStore {
 struct Database {
     pool: Pool,
     /// Connections whose commits do not wait for the WAL flush (`synchronous_commit=off`),
-    /// for dispatch's bookkeeping: claims, outcomes and settlements. They survive a
+    /// for dispatch: claims, outcomes and settlements, and the reads of the jobs it sends,
+    /// so a printer never waits behind a flood of submissions for a connection. They survive a
     /// spooler crash and a clean PostgreSQL restart; a PostgreSQL crash may lose the last
     /// fraction of a second of them, which then happens again: a job claimed or finished
     /// in that moment is sent again (as after a power loss with SQLite), a lost settlement
@@ -450,7 +452,7 @@ impl Database {
     }
 
     async fn inline_document(&self, id: JobId, number: i32) -> Result<Option<Bytes>, StoreError> {
-        let client = self.client().await?;
+        let client = self.bookkeeping_client().await?;
         let statement = client
             .prepare_cached("SELECT inline FROM documents WHERE job_id = $1 AND number = $2")
             .await?;
@@ -534,50 +536,47 @@ impl Database {
         outcome: Outcome,
     ) -> Result<Job, StoreError> {
         let mut client = self.bookkeeping_client().await?;
-        let tx = client.transaction().await?;
-        let locked = tx
-            .query_opt(
-                "SELECT state, claimer_id, claimer_epoch FROM jobs WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await?
-            .ok_or(StoreError::NotFound(id))?;
-        let state = state_column(&locked, 0)?;
-        let claimer_id: Option<String> = locked.try_get(1)?;
-        let claimer_epoch: Option<i64> = locked.try_get(2)?;
-        match fence(state, claimer_id.as_deref(), claimer_epoch, claimer) {
-            Fence::Lost => return Err(StoreError::Fenced(id)),
-            Fence::Canceled => return load_job(&tx, id).await?.ok_or(StoreError::NotFound(id)),
-            Fence::Holds => {}
-        }
-        let (now_s, _) = now();
+        let (now_s, now_ms) = now();
         let update = finished(outcome, now_s);
-        let row = tx
-            .query_one(
-                concat!(
-                    "UPDATE jobs SET state = $2, reasons = $3, message = $4, printer = $5, \
-                     completed_at = $6, retry_at_ms = COALESCE($7, retry_at_ms), \
-                     impressions_completed = $8, sheets_completed = $9, \
-                     claimer_id = NULL, claimer_epoch = NULL, claimer_shard = NULL \
-                     WHERE id = $1 RETURNING ",
-                    job_columns!()
-                ),
-                &[
-                    &id,
-                    &update.state.as_i32(),
-                    &to_json(&update.reasons)?,
-                    &update.message,
-                    &update.printer,
-                    &update.completed_at,
-                    &update.retry_at_ms,
-                    &update.impressions,
-                    &update.sheets,
-                ],
-            )
+        let statement = client
+            .prepare_cached(concat!(
+                "UPDATE jobs SET state = $2, reasons = $3, message = $4, printer = $5, \
+                 completed_at = $6, retry_at_ms = COALESCE($7, retry_at_ms), \
+                 impressions_completed = $8, sheets_completed = $9, \
+                 claimer_id = NULL, claimer_epoch = NULL, claimer_shard = NULL \
+                 WHERE id = $1 AND state = $10 AND claimer_id = $11 AND claimer_epoch = $12 \
+                 RETURNING ",
+                job_columns!()
+            ))
             .await?;
-        if update.state == JobState::Aborted {
-            ledger::refund(&tx, id, Some(&update.printer), now().1).await?;
+        let reasons = to_json(&update.reasons)?;
+        let processing = JobState::Processing.as_i32();
+        let params: [&(dyn ToSql + Sync); 12] = [
+            &id,
+            &update.state.as_i32(),
+            &reasons,
+            &update.message,
+            &update.printer,
+            &update.completed_at,
+            &update.retry_at_ms,
+            &update.impressions,
+            &update.sheets,
+            &processing,
+            &claimer.id,
+            &claimer.epoch,
+        ];
+        // One statement, fenced by its WHERE, unless an abort's refund must commit with it.
+        if update.state != JobState::Aborted {
+            return match client.query_opt(&statement, &params).await? {
+                Some(row) => job_from_row(&row),
+                None => not_finished(&client, id, claimer).await,
+            };
         }
+        let tx = client.transaction().await?;
+        let Some(row) = tx.query_opt(&statement, &params).await? else {
+            return not_finished(&tx, id, claimer).await;
+        };
+        ledger::refund(&tx, id, Some(&update.printer), now_ms).await?;
         let job = job_from_row(&row)?;
         tx.commit().await?;
         Ok(job)
@@ -956,6 +955,33 @@ fn document_info(number: i32, document: &NewDocument) -> DocumentInfo {
             DocumentBody::Inline(_) => None,
             DocumentBody::Stored { key } => Some(key.clone()),
         },
+    }
+}
+
+/// Why `finish` updated nothing: the job was canceled under our claim (it is returned as it
+/// is), another dispatcher holds it, or it is gone.
+async fn not_finished(
+    client: &impl GenericClient,
+    id: JobId,
+    claimer: &Claimer,
+) -> Result<Job, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT state, claimer_id, claimer_epoch FROM jobs WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .ok_or(StoreError::NotFound(id))?;
+    let claimer_id: Option<String> = row.try_get(1)?;
+    let claimer_epoch: Option<i64> = row.try_get(2)?;
+    match fence(
+        state_column(&row, 0)?,
+        claimer_id.as_deref(),
+        claimer_epoch,
+        claimer,
+    ) {
+        Fence::Canceled => load_job(client, id).await?.ok_or(StoreError::NotFound(id)),
+        Fence::Holds | Fence::Lost => Err(StoreError::Fenced(id)),
     }
 }
 
