@@ -280,3 +280,15 @@ fn settlement_only(entry: &LedgerEntry) -> Result<(), StoreError> {
 
 /// `job-state-reasons` of a job held by admission over a quota (PWG 5100.7).
 pub const REASON_ACCOUNT_LIMIT: &str = "account-limit-reached";
+
+/// `condition` when an optional filter is set, else a test that its parameter is NULL (so
+/// every parameter stays bound). A statement is planned once for all bindings (SQLite
+/// always, PostgreSQL once a prepared statement goes generic), so the usual
+/// `(?1 IS NULL OR queue = ?1)` would never use an index.
+pub(crate) fn filter(set: bool, condition: &str, parameter: &str) -> String {
+    if set {
+        condition.to_owned()
+    } else {
+        format!("{parameter} IS NULL")
+    }
+}

@@ -27,7 +27,9 @@ use super::rules::{
     Fence, REASON_INCOMING, REASON_PRINTING, action_name, fence, finished, initial_state, now,
     state_range, user_transition,
 };
-use super::{JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs};
+use super::{
+    JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs, filter,
+};
 use crate::accounting::ledger::{Admission, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::QuotaDecision;
 use crate::job::{
@@ -798,24 +800,19 @@ impl Database {
         let limit = query
             .limit
             .map(|limit| i64::try_from(limit).unwrap_or(i64::MAX));
-        let sql = if query.which == WhichJobs::Completed {
-            concat!(
-                "SELECT ",
-                job_columns!(),
-                "FROM jobs WHERE ($1::text IS NULL OR queue = $1) \
-                 AND ($2::text IS NULL OR owner = $2) AND state BETWEEN $3 AND $4 \
-                 ORDER BY id DESC LIMIT $5"
-            )
+        let order = if query.which == WhichJobs::Completed {
+            "DESC"
         } else {
-            concat!(
-                "SELECT ",
-                job_columns!(),
-                "FROM jobs WHERE ($1::text IS NULL OR queue = $1) \
-                 AND ($2::text IS NULL OR owner = $2) AND state BETWEEN $3 AND $4 \
-                 ORDER BY id ASC LIMIT $5"
-            )
+            "ASC"
         };
-        let statement = client.prepare_cached(sql).await?;
+        let sql = format!(
+            "SELECT {}FROM jobs WHERE {} AND {} AND state BETWEEN $3 AND $4 \
+             ORDER BY id {order} LIMIT $5",
+            job_columns!(),
+            filter(query.queue.is_some(), "queue = $1", "$1::text"),
+            filter(query.owner.is_some(), "owner = $2", "$2::text"),
+        );
+        let statement = client.prepare_cached(&sql).await?;
         let rows = client
             .query(
                 &statement,

@@ -27,7 +27,9 @@ use super::rules::{
     Fence, REASON_INCOMING, REASON_PRINTING, action_name, fence, finished, initial_state, now,
     state_range, user_transition, without,
 };
-use super::{JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs};
+use super::{
+    JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs, filter,
+};
 use crate::accounting::ledger::{Admission, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::QuotaDecision;
 use crate::job::{
@@ -1118,17 +1120,6 @@ fn list_jobs(conn: &Connection, query: &JobQuery) -> Result<Vec<Job>, StoreError
         job.documents = load_documents(conn, job.id)?;
     }
     Ok(jobs)
-}
-
-/// `condition` when an optional filter is set, else a test that its parameter is NULL (so
-/// every parameter stays bound). SQLite plans a statement once for all bindings, so the
-/// usual `(?1 IS NULL OR queue = ?1)` would never use an index.
-pub(super) fn filter(set: bool, condition: &str, parameter: &str) -> String {
-    if set {
-        condition.to_owned()
-    } else {
-        format!("{parameter} IS NULL")
-    }
 }
 
 #[async_trait]

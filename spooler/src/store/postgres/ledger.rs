@@ -13,7 +13,7 @@ use tokio_postgres::Row;
 use crate::accounting::ledger::{Admission, EntryKind, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::{self, Charge, QuotaDecision, Scope, Spent, Totals};
 use crate::job::{JobId, JobState};
-use crate::store::StoreError;
+use crate::store::{StoreError, filter};
 
 /// The schema migration that adds the ledger.
 pub(super) const MIGRATION: &str = "
@@ -169,12 +169,18 @@ pub(super) async fn insert(
     client: &impl GenericClient,
     entry: &LedgerEntry,
 ) -> Result<bool, StoreError> {
-    let inserted = client
-        .execute(
+    // Prepared once per connection: every submission records an estimate.
+    let statement = client
+        .prepare_cached(
             "INSERT INTO ledger (job_id, kind, at_ms, queue, printer, user_name, user_groups, \
              account, impressions, sheets, color, amount, currency, flagged) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
              ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    let inserted = client
+        .execute(
+            &statement,
             &[
                 &entry.job,
                 &entry.kind.keyword(),
@@ -221,16 +227,17 @@ pub(super) async fn entries(
     client: &impl GenericClient,
     query: &LedgerQuery,
 ) -> Result<Vec<LedgerEntry>, StoreError> {
+    let sql = format!(
+        "{}WHERE {} AND {} AND {} ORDER BY l.at_ms, l.job_id, l.seq",
+        select_entries!(""),
+        filter(query.from_ms.is_some(), "l.at_ms >= $1", "$1::BIGINT"),
+        filter(query.to_ms.is_some(), "l.at_ms < $2", "$2::BIGINT"),
+        filter(query.job.is_some(), "l.job_id = $3", "$3::INTEGER"),
+    );
+    // Prepared once per connection and shape: each settlement reads its job's entries.
+    let statement = client.prepare_cached(&sql).await?;
     let rows = client
-        .query(
-            select_entries!(
-                "WHERE ($1::BIGINT IS NULL OR l.at_ms >= $1) \
-                 AND ($2::BIGINT IS NULL OR l.at_ms < $2) \
-                 AND ($3::INTEGER IS NULL OR l.job_id = $3) \
-                 ORDER BY l.at_ms, l.job_id, l.seq"
-            ),
-            &[&query.from_ms, &query.to_ms, &query.job],
-        )
+        .query(&statement, &[&query.from_ms, &query.to_ms, &query.job])
         .await?;
     rows.iter().map(entry_from_row).collect()
 }

@@ -11,11 +11,12 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{conversion_error, filter, json_column, to_json};
+use super::{conversion_error, json_column, to_json};
 use crate::accounting::ledger::{Admission, EntryKind, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::{self, Charge, QuotaDecision, Scope, Spent, Totals};
 use crate::job::JobId;
 use crate::store::StoreError;
+use crate::store::filter;
 
 /// The schema migration that adds the ledger.
 pub(super) const MIGRATION: &str = "
