@@ -1,5 +1,5 @@
-//! One printer's worker: probe the printer, claim its queues' jobs one at a time, send
-//! them, and record how each attempt ended.
+//! One printer's worker: probe the printer, claim its queues' jobs, send them one at a
+//! time, and record how each attempt ended (with the next claim, in one trip to the store).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
