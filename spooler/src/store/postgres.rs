@@ -328,14 +328,20 @@ impl Database {
         let mut client = self.client().await?;
         let (state, reasons) = initial_state(job.held, job.documents_complete);
         let Some(admission) = &job.admission else {
-            return insert_job(&client, job, state, &reasons).await;
+            return insert_job(&client, job, state, &reasons, None).await;
         };
+        if admission.quotas.is_empty() {
+            // Nothing to check: the job and its estimate are one statement.
+            let estimate = admission.estimate(0, &job.queue, false);
+            return insert_job(&client, job, state, &reasons, Some(&estimate)).await;
+        }
         // Admission: the quota check, the job and its estimate in one transaction.
         let tx = client.transaction().await?;
         let decision = ledger::decide(&tx, admission).await?;
         let (state, reasons) = admitted(state, reasons, &decision);
-        let created = insert_job(&tx, job, state, &reasons).await?;
-        ledger::record_estimate(&tx, created.id, state, &job.queue, admission, &decision).await?;
+        let flagged = matches!(decision, QuotaDecision::AllowAndFlag(_));
+        let estimate = admission.estimate(0, &job.queue, flagged);
+        let created = insert_job(&tx, job, state, &reasons, Some(&estimate)).await?;
         tx.commit().await?;
         Ok(created)
     }
@@ -828,12 +834,14 @@ impl Database {
     }
 }
 
-/// Insert a job and its first document in one statement.
+/// Inserts a job with its first document and, when given, its estimate (whose `job` is
+/// replaced by the new job's id): one statement, so one round trip.
 async fn insert_job(
     client: &impl GenericClient,
     job: &NewJob,
     state: JobState,
     reasons: &[String],
+    estimate: Option<&LedgerEntry>,
 ) -> Result<Job, StoreError> {
     let (now_s, _) = now();
     let document = job.document.as_ref().map(DocumentRow::new).transpose()?;
@@ -847,6 +855,11 @@ async fn insert_job(
              ), document AS (
                 INSERT INTO documents (job_id, number, format, name, size, key, inline)
                 SELECT id, 1, $11, $12, $13, $14, $15 FROM jobs WHERE $11::text IS NOT NULL
+             ), estimate AS (
+                INSERT INTO ledger (job_id, kind, at_ms, queue, printer, user_name, \
+                 user_groups, account, impressions, sheets, color, amount, currency, flagged)
+                SELECT id, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28
+                FROM jobs WHERE $16::text IS NOT NULL
              )
              SELECT ",
             job_columns!(),
@@ -872,6 +885,19 @@ async fn insert_job(
                 &document.map(|d| d.size),
                 &document.and_then(|d| d.key),
                 &document.and_then(|d| d.inline),
+                &estimate.map(|e| e.kind.keyword()),
+                &estimate.map(|e| e.at_ms),
+                &estimate.map(|e| e.queue.as_str()),
+                &estimate.and_then(|e| e.printer.as_deref()),
+                &estimate.map(|e| e.user.as_str()),
+                &estimate.map(|e| e.groups.as_slice()),
+                &estimate.and_then(|e| e.account.as_deref()),
+                &estimate.map(|e| e.impressions),
+                &estimate.map(|e| e.sheets),
+                &estimate.map(|e| e.color),
+                &estimate.map(|e| e.amount),
+                &estimate.map(|e| e.currency.as_str()),
+                &estimate.map(|e| e.flagged),
             ],
         )
         .await?;
