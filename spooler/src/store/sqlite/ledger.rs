@@ -12,6 +12,7 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{conversion_error, json_column, to_json};
+use crate::accounting;
 use crate::accounting::ledger::{Admission, EntryKind, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::{self, Charge, QuotaDecision, Scope, Spent, Totals};
 use crate::job::JobId;
@@ -273,22 +274,18 @@ pub(super) fn refund(
     printer: Option<&str>,
     at_ms: i64,
 ) -> Result<(), StoreError> {
-    let recorded: Option<i64> = conn
-        .prepare_cached(
-            "INSERT OR IGNORE INTO ledger (job_id, kind, at_ms, queue, printer, user_name, \
-             user_groups, account, impressions, sheets, color, amount, currency, flagged) \
-             SELECT job_id, 'refund', ?2, queue, ?3, user_name, user_groups, account, \
-                    -impressions, -sheets, color, -amount, currency, flagged \
-             FROM ledger WHERE job_id = ?1 AND kind = 'estimate' \
-             RETURNING seq",
-        )?
-        .query_row(params![id, at_ms, printer], |row| row.get(0))
+    let estimate = conn
+        .prepare_cached(&format!(
+            "{SELECT_ENTRIES} WHERE l.job_id = ?1 AND l.kind = 'estimate'"
+        ))?
+        .query_row([id], entry_from_row)
         .optional()?;
-    if let Some(seq) = recorded {
-        let refund = conn
-            .prepare_cached(&format!("{SELECT_ENTRIES} WHERE l.seq = ?1"))?
-            .query_row([seq], entry_from_row)?;
-        add_to_running_totals(conn, &refund)?;
+    if let Some(estimate) = estimate {
+        // Ignored (like any second closing entry) when the job already has one.
+        insert(
+            conn,
+            &accounting::ledger::refund(&estimate, printer.map(str::to_owned), at_ms),
+        )?;
     }
     Ok(())
 }
