@@ -44,13 +44,14 @@ fn is_complete(delivery: &Delivery, submission: usize) -> bool {
     delivery.finished.is_some() && delivery.bytes == document(submission).len() as u64
 }
 
-/// Small documents stay inline in the job row, larger ones go to the document store:
-/// alternate so both paths are crashed.
+/// Small documents stay in the job row, those from 16 KiB up to the inline limit (64 KiB)
+/// go to the job store's document log, larger ones to the document store: take turns so
+/// all three paths are crashed.
 fn document(submission: usize) -> Bytes {
-    let size = if submission.is_multiple_of(2) {
-        4 * 1024
-    } else {
-        96 * 1024
+    let size = match submission % 3 {
+        0 => 4 * 1024,
+        1 => 40 * 1024,
+        _ => 96 * 1024,
     };
     documents::pdf(&format!("{MARKER}{submission:04}"), size).into()
 }

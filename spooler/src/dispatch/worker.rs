@@ -382,10 +382,16 @@ impl PrinterWorker {
                         )));
                     }
                     Err(error) => {
-                        return Err(OpenError::Transient(format!(
-                            "document {}: {error}",
-                            info.number
-                        )));
+                        let message = format!("document {}: {error}", info.number);
+                        return Err(match &error {
+                            // Its record in the store's document log is damaged.
+                            StoreError::Document(io)
+                                if io.kind() == std::io::ErrorKind::InvalidData =>
+                            {
+                                OpenError::Missing(message)
+                            }
+                            _ => OpenError::Transient(message),
+                        });
                     }
                 },
             };

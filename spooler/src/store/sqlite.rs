@@ -81,7 +81,17 @@ const MIGRATIONS: &[&str] = &[
     ledger::QUOTA_TOTALS_MIGRATION,
     SHARD_LEADERS_MIGRATION,
     ledger::NO_TEMPORARY_TABLES_MIGRATION,
+    DOCUMENT_LOG_MIGRATION,
 ];
+
+/// Documents kept in the document log (see `document_log`): the segment and offset of
+/// their record, with `inline` and `key` both NULL.
+const DOCUMENT_LOG_MIGRATION: &str = "
+    ALTER TABLE documents ADD COLUMN log_segment INTEGER;
+    ALTER TABLE documents ADD COLUMN log_offset INTEGER;
+    CREATE INDEX documents_by_log_segment ON documents (log_segment)
+        WHERE log_segment IS NOT NULL;
+";
 
 /// Shard leadership (see `JobStore::lead_shard`): the current leader and epoch per shard,
 /// the shard a processing job was claimed for, and the shard that owns each queue
@@ -97,7 +107,10 @@ const SHARD_LEADERS_MIGRATION: &str = "
     CREATE TABLE installation (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 ";
 
+mod document_log;
 mod ledger;
+
+use document_log::{DocumentLog, LOGGED_DOCUMENT_MIN, Location};
 
 /// Most requests committed by one transaction, so one batch cannot starve the next callers.
 const MAX_BATCH: usize = 1024;
@@ -141,14 +154,27 @@ pub struct SqliteJobStore {
     checkpointer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     readers: Arc<ReadPool>,
     commits: Arc<AtomicU64>,
+    /// Appended to by the writer thread only (inside requests and after commits).
+    documents: Arc<Mutex<DocumentLog>>,
+    /// Where `documents` keeps its segments, for reads.
+    documents_directory: Arc<PathBuf>,
 }
 
 impl SqliteJobStore {
     /// Open (creating or migrating) the database at `path` and start its writer thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with_segments(path, document_log::SEGMENT_BYTES)
+    }
+
+    fn open_with_segments(path: &Path, segment_bytes: u64) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
         configure_writer(&conn)?;
         migrate(&mut conn)?;
+        let documents_directory = Arc::new(document_log::directory_of(path));
+        let mut documents = DocumentLog::open(&documents_directory, segment_bytes)?;
+        documents.remove_unreferenced(|segment| segment_referenced(&conn, segment))?;
+        let documents = Arc::new(Mutex::new(documents));
+        let writer_documents = documents.clone();
         // From here on commits only write the log; the syncer thread fsyncs it.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let (writer, requests) = mpsc::channel();
@@ -165,7 +191,7 @@ impl SqliteJobStore {
             .map_err(|e| StoreError::Internal(format!("cannot start the syncer thread: {e}")))?;
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run_writer(conn, requests, &syncer, &writer_commits))
+            .spawn(move || run_writer(conn, requests, &syncer, &writer_commits, &writer_documents))
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteJobStore {
             writer: Some(writer),
@@ -177,6 +203,8 @@ impl SqliteJobStore {
                 idle: Mutex::new(Vec::new()),
             }),
             commits,
+            documents,
+            documents_directory,
         })
     }
 
@@ -423,8 +451,12 @@ where
     }
 }
 
-/// Requests committed to the log that wait for its fsync.
-type Committed = Vec<Box<dyn WriteRequest>>;
+/// Requests committed to the log that wait for its fsync, with the document log segments
+/// written for them (fsynced first).
+struct Committed {
+    requests: Vec<Box<dyn WriteRequest>>,
+    documents: Vec<Arc<std::fs::File>>,
+}
 
 /// Requests received and not yet applied. The dispatcher's bookkeeping goes first: a
 /// printer waits on it, a submission already waits on an fsync.
@@ -464,6 +496,7 @@ fn run_writer(
     requests: mpsc::Receiver<Box<dyn WriteRequest>>,
     syncer: &mpsc::Sender<Committed>,
     commits: &AtomicU64,
+    documents: &Mutex<DocumentLog>,
 ) {
     let mut waiting = Waiting::default();
     loop {
@@ -483,16 +516,21 @@ fn run_writer(
             continue;
         }
         commits.fetch_add(1, Ordering::Relaxed);
-        let (durable, relaxed): (Committed, Committed) = batch
+        let (durable, relaxed): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|request| request.durability() == Durability::Fsync);
         for request in relaxed {
             request.answer(Ok(()));
         }
-        if !durable.is_empty()
-            && let Err(mpsc::SendError(durable)) = syncer.send(durable)
-        {
-            for request in durable {
+        if durable.is_empty() {
+            continue;
+        }
+        let committed = Committed {
+            requests: durable,
+            documents: lock(documents).take_unsynced(),
+        };
+        if let Err(mpsc::SendError(committed)) = syncer.send(committed) {
+            for request in committed.requests {
                 request.answer(Err(StoreError::Unavailable(
                     "the SQLite syncer thread has stopped".into(),
                 )));
@@ -507,15 +545,24 @@ fn run_writer(
 fn run_syncer(log: &Path, committed: mpsc::Receiver<Committed>) {
     while let Ok(mut waiting) = committed.recv() {
         for more in committed.try_iter() {
-            waiting.extend(more);
+            waiting.requests.extend(more.requests);
+            waiting.documents.extend(more.documents);
         }
-        // Opened each time: the log's inode is the one SQLite writes now. fsync flushes the
+        waiting
+            .documents
+            .dedup_by(|later, earlier| Arc::ptr_eq(later, earlier));
+        // Documents first: a job row must never be durable before its document. The log is
+        // opened each time: its inode is the one SQLite writes now, and fsync flushes the
         // file's data whichever descriptor asks.
-        let synced = std::fs::File::open(log).and_then(|file| file.sync_data());
+        let synced = waiting
+            .documents
+            .iter()
+            .try_for_each(|segment| segment.sync_data())
+            .and_then(|()| std::fs::File::open(log)?.sync_data());
         if let Err(error) = &synced {
             tracing::error!(%error, log = %log.display(), "cannot fsync the job store's log");
         }
-        for request in waiting {
+        for request in waiting.requests {
             request.answer(match &synced {
                 Ok(()) => Ok(()),
                 Err(error) => Err(StoreError::Unavailable(format!(
@@ -588,11 +635,16 @@ impl ReadPool {
     }
 
     fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
-        // A panic while holding the lock cannot leave the Vec inconsistent.
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.idle)
     }
+}
+
+/// Both mutexes here (idle readers, the document log) are left consistent by a panic while
+/// held: a reader list is a plain Vec, and the log only counts a record once written.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -693,19 +745,24 @@ fn existing_job(conn: &Connection, id: JobId) -> Result<Job, StoreError> {
 
 fn insert_document(
     conn: &Connection,
+    log: &Mutex<DocumentLog>,
     id: JobId,
     number: i32,
     document: &NewDocument,
 ) -> Result<(), StoreError> {
-    let (key, inline): (Option<&str>, Option<&[u8]>) = match &document.body {
-        DocumentBody::Inline(bytes) => (None, Some(bytes)),
-        DocumentBody::Stored { key } => (Some(key), None),
-    };
+    let (key, inline, logged): (Option<&str>, Option<&[u8]>, Option<Location>) =
+        match &document.body {
+            DocumentBody::Inline(bytes) if bytes.len() >= LOGGED_DOCUMENT_MIN => {
+                (None, None, Some(lock(log).append(id, number, bytes)?))
+            }
+            DocumentBody::Inline(bytes) => (None, Some(bytes), None),
+            DocumentBody::Stored { key } => (Some(key), None, None),
+        };
     let size = i64::try_from(document.size)
         .map_err(|_| StoreError::Internal(format!("document size {} too large", document.size)))?;
     conn.prepare_cached(
-        "INSERT INTO documents (job_id, number, format, name, size, key, inline) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO documents (job_id, number, format, name, size, key, inline, log_segment, \
+         log_offset) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         id,
@@ -714,12 +771,56 @@ fn insert_document(
         document.name,
         size,
         key,
-        inline
+        inline,
+        logged.map(|location| location.segment),
+        logged.map(|location| location.offset),
     ])?;
     Ok(())
 }
 
-fn create_job(conn: &Connection, job: &NewJob) -> Result<Job, StoreError> {
+/// Whether some document row still points into segment `segment` of the document log.
+fn segment_referenced(conn: &Connection, segment: i64) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM documents WHERE log_segment = ?1)")?
+        .query_row([segment], |row| row.get(0))?)
+}
+
+/// The bytes of an inline document (1-based `number`), from its row or the document log;
+/// `None` for a document in the `DocumentStore`.
+fn inline_document(
+    conn: &Connection,
+    log_directory: &Path,
+    id: JobId,
+    number: i32,
+) -> Result<Option<Bytes>, StoreError> {
+    type Row = (Option<Vec<u8>>, Option<i64>, Option<i64>, i64);
+    let document: Option<Row> = conn
+        .prepare_cached(
+            "SELECT inline, log_segment, log_offset, size FROM documents \
+             WHERE job_id = ?1 AND number = ?2",
+        )?
+        .query_row(params![id, number], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .optional()?;
+    match document {
+        Some((_, Some(segment), Some(offset), size)) => {
+            let size = u64::try_from(size).map_err(|e| StoreError::Internal(e.to_string()))?;
+            let location = Location { segment, offset };
+            let bytes = document_log::read(log_directory, location, id, number, size)?;
+            Ok(Some(Bytes::from(bytes)))
+        }
+        Some((inline, ..)) => Ok(inline.map(Bytes::from)),
+        None if load_job(conn, id)?.is_none() => Err(StoreError::NotFound(id)),
+        None => Ok(None),
+    }
+}
+
+fn create_job(
+    conn: &Connection,
+    log: &Mutex<DocumentLog>,
+    job: &NewJob,
+) -> Result<Job, StoreError> {
     let decision = job
         .admission
         .as_ref()
@@ -750,7 +851,7 @@ fn create_job(conn: &Connection, job: &NewJob) -> Result<Job, StoreError> {
     let id = JobId::try_from(conn.last_insert_rowid())
         .map_err(|_| StoreError::Internal("job ids are exhausted".into()))?;
     if let Some(document) = &job.document {
-        insert_document(conn, id, 1, document)?;
+        insert_document(conn, log, id, 1, document)?;
     }
     if let (Some(admission), Some(decision)) = (&job.admission, &decision) {
         record_estimate(conn, id, &job.queue, admission, decision)?;
@@ -778,6 +879,7 @@ fn record_estimate(
 
 fn add_document(
     conn: &Connection,
+    log: &Mutex<DocumentLog>,
     id: JobId,
     document: Option<&NewDocument>,
     last: bool,
@@ -794,7 +896,7 @@ fn add_document(
     if let Some(document) = document {
         let number = i32::try_from(job.documents.len() + 1)
             .map_err(|_| StoreError::Internal("too many documents".into()))?;
-        insert_document(conn, id, number, document)?;
+        insert_document(conn, log, id, number, document)?;
     }
     if last {
         let mut reasons = without(&job.reasons, REASON_INCOMING);
@@ -1056,6 +1158,7 @@ fn sorted(mut ids: Vec<JobId>) -> Vec<JobId> {
 /// `keep_at_most`: both retention limits of a PrintQueue apply.
 fn purge_history(
     conn: &Connection,
+    log: &Mutex<DocumentLog>,
     queue: &str,
     finished_before: i64,
     keep_at_most: u32,
@@ -1089,6 +1192,9 @@ fn purge_history(
         delete_documents.execute([id])?;
         delete_job.execute([id])?;
     }
+    // Only finished jobs' rows are gone, so should this transaction not commit, the
+    // documents of a removed segment belong to jobs that are never sent again.
+    lock(log).remove_unreferenced(|segment| segment_referenced(conn, segment))?;
     Ok(keys)
 }
 
@@ -1125,7 +1231,8 @@ fn list_jobs(conn: &Connection, query: &JobQuery) -> Result<Vec<Job>, StoreError
 #[async_trait]
 impl JobStore for SqliteJobStore {
     async fn create_job(&self, job: NewJob) -> Result<Job, StoreError> {
-        self.write(move |conn| create_job(conn, &job)).await
+        let log = self.documents.clone();
+        self.write(move |conn| create_job(conn, &log, &job)).await
     }
 
     async fn add_document(
@@ -1134,7 +1241,8 @@ impl JobStore for SqliteJobStore {
         document: Option<NewDocument>,
         last: bool,
     ) -> Result<Job, StoreError> {
-        self.write(move |conn| add_document(conn, id, document.as_ref(), last, None))
+        let log = self.documents.clone();
+        self.write(move |conn| add_document(conn, &log, id, document.as_ref(), last, None))
             .await
     }
 
@@ -1144,8 +1252,11 @@ impl JobStore for SqliteJobStore {
         document: Option<NewDocument>,
         admission: Admission,
     ) -> Result<Job, StoreError> {
-        self.write(move |conn| add_document(conn, id, document.as_ref(), true, Some(&admission)))
-            .await
+        let log = self.documents.clone();
+        self.write(move |conn| {
+            add_document(conn, &log, id, document.as_ref(), true, Some(&admission))
+        })
+        .await
     }
 
     async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -1162,18 +1273,9 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn inline_document(&self, id: JobId, number: i32) -> Result<Option<Bytes>, StoreError> {
-        self.read(move |conn| {
-            let document: Option<Option<Vec<u8>>> = conn
-                .prepare_cached("SELECT inline FROM documents WHERE job_id = ?1 AND number = ?2")?
-                .query_row(params![id, number], |row| row.get(0))
-                .optional()?;
-            match document {
-                Some(inline) => Ok(inline.map(Bytes::from)),
-                None if load_job(conn, id)?.is_none() => Err(StoreError::NotFound(id)),
-                None => Ok(None),
-            }
-        })
-        .await
+        let directory = self.documents_directory.clone();
+        self.read(move |conn| inline_document(conn, &directory, id, number))
+            .await
     }
 
     async fn claim_next(
@@ -1292,7 +1394,8 @@ impl JobStore for SqliteJobStore {
         keep_at_most: u32,
     ) -> Result<Vec<String>, StoreError> {
         let queue = queue.to_string();
-        self.write(move |conn| purge_history(conn, &queue, finished_before, keep_at_most))
+        let log = self.documents.clone();
+        self.write(move |conn| purge_history(conn, &log, &queue, finished_before, keep_at_most))
             .await
     }
 
@@ -1379,6 +1482,135 @@ mod tests {
             documents_complete: true,
             admission: None,
         }
+    }
+
+    fn with_document(owner: &str, bytes: Vec<u8>) -> NewJob {
+        NewJob {
+            document: Some(NewDocument {
+                format: "application/pdf".into(),
+                name: None,
+                size: bytes.len() as u64,
+                body: DocumentBody::Inline(Bytes::from(bytes)),
+            }),
+            ..new_job(owner)
+        }
+    }
+
+    fn segment_files(backend: &SqliteBackend) -> Vec<String> {
+        let directory = document_log::directory_of(&backend.path());
+        let mut names: Vec<String> = std::fs::read_dir(directory)
+            .expect("document log")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn larger_inline_documents_live_in_the_document_log_and_survive_a_reopen() {
+        let backend = SqliteBackend::new();
+        let large: Vec<u8> = (0..LOGGED_DOCUMENT_MIN * 4)
+            .map(|n| (n % 251) as u8)
+            .collect();
+        let small = vec![b'x'; LOGGED_DOCUMENT_MIN - 1];
+        let (large_id, small_id) = {
+            let store = SqliteJobStore::open(&backend.path()).expect("open");
+            let large_job = store.create_job(with_document("a", large.clone())).await;
+            let small_job = store.create_job(with_document("b", small.clone())).await;
+            (large_job.expect("large").id, small_job.expect("small").id)
+        };
+        let conn = Connection::open(backend.path()).expect("inspect");
+        let row = |id: JobId| -> (Option<Vec<u8>>, Option<i64>) {
+            conn.query_row(
+                "SELECT inline, log_segment FROM documents WHERE job_id = ?1",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .expect("row")
+        };
+        assert_eq!(
+            row(large_id),
+            (None, Some(1)),
+            "the large one is in the log"
+        );
+        assert_eq!(
+            row(small_id),
+            (Some(small.clone()), None),
+            "the small one in its row"
+        );
+
+        let store = SqliteJobStore::open(&backend.path()).expect("reopen");
+        let read = |id| store.inline_document(id, 1);
+        assert_eq!(
+            read(large_id).await.expect("large"),
+            Some(Bytes::from(large))
+        );
+        assert_eq!(
+            read(small_id).await.expect("small"),
+            Some(Bytes::from(small))
+        );
+        assert_eq!(
+            segment_files(&backend),
+            ["000000000001.log", "000000000002.log"]
+        );
+    }
+
+    #[tokio::test]
+    async fn purging_finished_jobs_removes_the_segments_no_document_points_into() {
+        let backend = SqliteBackend::new();
+        let store = SqliteJobStore::open_with_segments(&backend.path(), 100_000).expect("open");
+        let mut ids = Vec::new();
+        for n in 0..6 {
+            let job = store.create_job(with_document("a", vec![n; 40_000])).await;
+            ids.push(job.expect("create").id);
+        }
+        // Two 40 KB records fit in a segment: jobs 1-2 in segment 1, 3-4 in 2, 5-6 in 3.
+        assert_eq!(segment_files(&backend).len(), 3);
+        for id in &ids[..3] {
+            store.apply(*id, UserAction::Cancel).await.expect("cancel");
+        }
+        let far_future = i64::MAX;
+        store
+            .purge_history("office", far_future, 0)
+            .await
+            .expect("purge");
+        // Segment 2 still holds job 4's document, pending; segment 3 is being appended to.
+        assert_eq!(
+            segment_files(&backend),
+            ["000000000002.log", "000000000003.log"]
+        );
+        for (n, id) in ids.iter().enumerate().skip(3) {
+            let bytes = store.inline_document(*id, 1).await.expect("read");
+            assert_eq!(bytes, Some(Bytes::from(vec![n as u8; 40_000])));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_record_is_reported_as_such() {
+        let backend = SqliteBackend::new();
+        let store = SqliteJobStore::open(&backend.path()).expect("open");
+        let id = store
+            .create_job(with_document("a", vec![7; 50_000]))
+            .await
+            .expect("create")
+            .id;
+        let segment = document_log::directory_of(&backend.path()).join("000000000001.log");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(segment)
+            .and_then(|file| file.set_len(30_000))
+            .expect("cut the segment short");
+        let error = store.inline_document(id, 1).await.expect_err("damaged");
+        assert!(
+            matches!(&error, StoreError::Document(io) if io.kind() == std::io::ErrorKind::InvalidData),
+            "{error:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1549,7 +1781,12 @@ mod tests {
             let (committed, waiting) = mpsc::channel();
             let (mut request, answer) = pause("a", false);
             assert!(request.apply(&conn), "applied");
-            committed.send(vec![request]).expect("send");
+            committed
+                .send(Committed {
+                    requests: vec![request],
+                    documents: Vec::new(),
+                })
+                .expect("send");
             drop(committed);
             run_syncer(&path, waiting);
             let answer = answer.await.expect("answered");
@@ -1578,8 +1815,11 @@ mod tests {
             }),
             ..new_job("alice")
         };
+        let log = Mutex::new(
+            DocumentLog::open(&document_log::directory_of(&backend.path()), 1 << 20).expect("log"),
+        );
         for _ in 0..3 {
-            create_job(&conn, &job).expect("create");
+            create_job(&conn, &log, &job).expect("create");
         }
         let sql = "SELECT number FROM documents WHERE job_id = ?1 ORDER BY number";
         for id in 1..=3 {
