@@ -551,14 +551,29 @@ fn run_syncer(log: &Path, committed: mpsc::Receiver<Committed>) {
         waiting
             .documents
             .dedup_by(|later, earlier| Arc::ptr_eq(later, earlier));
-        // Documents first: a job row must never be durable before its document. The log is
-        // opened each time: its inode is the one SQLite writes now, and fsync flushes the
-        // file's data whichever descriptor asks.
-        let synced = waiting
-            .documents
-            .iter()
-            .try_for_each(|segment| segment.sync_data())
-            .and_then(|()| std::fs::File::open(log)?.sync_data());
+        // The document log's segments are fsynced beside the database's log, at the same
+        // time: the order they reach the disk in does not matter (see `document_log`), only
+        // that both have before anyone hears of it. The log is opened each time: its inode
+        // is the one SQLite writes now, and fsync flushes the file's data whichever
+        // descriptor asks.
+        let sync_log = || std::fs::File::open(log)?.sync_data();
+        let synced = if waiting.documents.is_empty() {
+            sync_log()
+        } else {
+            std::thread::scope(|scope| {
+                let documents = scope.spawn(|| {
+                    waiting
+                        .documents
+                        .iter()
+                        .try_for_each(|segment| segment.sync_data())
+                });
+                let logged = sync_log();
+                let documents = documents
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("document fsync panicked")));
+                logged.and(documents)
+            })
+        };
         if let Err(error) = &synced {
             tracing::error!(%error, log = %log.display(), "cannot fsync the job store's log");
         }

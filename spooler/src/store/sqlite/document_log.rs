@@ -4,13 +4,14 @@
 //! database when the log is checkpointed. A document of tens of KiB is instead appended
 //! once, as one record, to the current segment of this log; its row keeps the segment and
 //! offset. The writer thread appends while it applies the request, and the syncer thread
-//! fsyncs the segments written before it fsyncs the database's log, so the document is on
-//! disk before the client hears that its job was accepted.
+//! fsyncs the segments written alongside the database's log, so the document is on disk
+//! before the client hears that its job was accepted.
 //!
 //! Each record carries its job, number, length and a CRC-32 of the bytes. A power loss can
 //! leave a row whose commit reached the disk while its record did not (the page cache writes
-//! back in any order); such a job was never acknowledged, and reading it reports the
-//! record as damaged instead of returning wrong bytes. A segment is removed once no
+//! back in any order, so fsyncing the segment first would not prevent it); such a job was
+//! never acknowledged, and reading it reports the record as damaged instead of returning
+//! wrong bytes. A segment is removed once no
 //! document row points into it; the segment being appended to is never removed.
 
 use std::collections::BTreeSet;
