@@ -110,7 +110,7 @@ const SHARD_LEADERS_MIGRATION: &str = "
 mod document_log;
 mod ledger;
 
-use document_log::{DocumentLog, LOGGED_DOCUMENT_MIN, Location};
+use document_log::{Appended, DocumentLog, LOGGED_DOCUMENT_MIN, Location};
 
 /// Most requests committed by one transaction, so one batch cannot starve the next callers.
 const MAX_BATCH: usize = 1024;
@@ -154,10 +154,8 @@ pub struct SqliteJobStore {
     checkpointer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
     readers: Arc<ReadPool>,
     commits: Arc<AtomicU64>,
-    /// Appended to by the writer thread only (inside requests and after commits).
-    documents: Arc<Mutex<DocumentLog>>,
-    /// Where `documents` keeps its segments, for reads.
-    documents_directory: Arc<PathBuf>,
+    /// Larger inline documents (see `document_log`).
+    documents: Arc<DocumentLog>,
 }
 
 impl SqliteJobStore {
@@ -170,10 +168,9 @@ impl SqliteJobStore {
         let mut conn = Connection::open(path)?;
         configure_writer(&conn)?;
         migrate(&mut conn)?;
-        let documents_directory = Arc::new(document_log::directory_of(path));
-        let mut documents = DocumentLog::open(&documents_directory, segment_bytes)?;
+        let documents = DocumentLog::open(&document_log::directory_of(path), segment_bytes)?;
         documents.remove_unreferenced(|segment| segment_referenced(&conn, segment))?;
-        let documents = Arc::new(Mutex::new(documents));
+        let documents = Arc::new(documents);
         let writer_documents = documents.clone();
         // From here on commits only write the log; the syncer thread fsyncs it.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -204,7 +201,6 @@ impl SqliteJobStore {
             }),
             commits,
             documents,
-            documents_directory,
         })
     }
 
@@ -254,6 +250,25 @@ impl SqliteJobStore {
             .send(request)
             .map_err(|_| writer_stopped())?;
         answer.await.map_err(|_| writer_stopped())?
+    }
+
+    /// Append an inline document large enough for the document log to it, off the async
+    /// threads, before its job goes to the writer: the writer only records where it is.
+    async fn log_document(
+        &self,
+        document: Option<&NewDocument>,
+    ) -> Result<Option<Appended>, StoreError> {
+        let bytes = match document.map(|document| &document.body) {
+            Some(DocumentBody::Inline(bytes)) if bytes.len() >= LOGGED_DOCUMENT_MIN => {
+                bytes.clone()
+            }
+            _ => return Ok(None),
+        };
+        let log = self.documents.clone();
+        let appended = tokio::task::spawn_blocking(move || log.append(&bytes))
+            .await
+            .map_err(|e| StoreError::Internal(format!("document log task failed: {e}")))??;
+        Ok(Some(appended))
     }
 
     /// Run `work` on a read-only connection, inside one read transaction (a consistent
@@ -496,7 +511,7 @@ fn run_writer(
     requests: mpsc::Receiver<Box<dyn WriteRequest>>,
     syncer: &mpsc::Sender<Committed>,
     commits: &AtomicU64,
-    documents: &Mutex<DocumentLog>,
+    documents: &DocumentLog,
 ) {
     let mut waiting = Waiting::default();
     loop {
@@ -527,7 +542,7 @@ fn run_writer(
         }
         let committed = Committed {
             requests: durable,
-            documents: lock(documents).take_unsynced(),
+            documents: documents.take_unsynced(),
         };
         if let Err(mpsc::SendError(committed)) = syncer.send(committed) {
             for request in committed.requests {
@@ -654,8 +669,8 @@ impl ReadPool {
     }
 }
 
-/// Both mutexes here (idle readers, the document log) are left consistent by a panic while
-/// held: a reader list is a plain Vec, and the log only counts a record once written.
+/// Poisoning is ignored: nothing done under this store's mutexes (idle readers, the
+/// document log's segments) can be left half done in a way a later holder would misread.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -758,21 +773,20 @@ fn existing_job(conn: &Connection, id: JobId) -> Result<Job, StoreError> {
     load_job(conn, id)?.ok_or(StoreError::NotFound(id))
 }
 
+/// Insert document `number` of job `id`; `logged` is where its record is when its bytes
+/// went to the document log.
 fn insert_document(
     conn: &Connection,
-    log: &Mutex<DocumentLog>,
     id: JobId,
     number: i32,
     document: &NewDocument,
+    logged: Option<Location>,
 ) -> Result<(), StoreError> {
-    let (key, inline, logged): (Option<&str>, Option<&[u8]>, Option<Location>) =
-        match &document.body {
-            DocumentBody::Inline(bytes) if bytes.len() >= LOGGED_DOCUMENT_MIN => {
-                (None, None, Some(lock(log).append(id, number, bytes)?))
-            }
-            DocumentBody::Inline(bytes) => (None, Some(bytes), None),
-            DocumentBody::Stored { key } => (Some(key), None, None),
-        };
+    let (key, inline): (Option<&str>, Option<&[u8]>) = match (&document.body, logged) {
+        (_, Some(_)) => (None, None),
+        (DocumentBody::Inline(bytes), None) => (None, Some(bytes)),
+        (DocumentBody::Stored { key }, None) => (Some(key), None),
+    };
     let size = i64::try_from(document.size)
         .map_err(|_| StoreError::Internal(format!("document size {} too large", document.size)))?;
     conn.prepare_cached(
@@ -804,7 +818,7 @@ fn segment_referenced(conn: &Connection, segment: i64) -> Result<bool, StoreErro
 /// `None` for a document in the `DocumentStore`.
 fn inline_document(
     conn: &Connection,
-    log_directory: &Path,
+    log: &DocumentLog,
     id: JobId,
     number: i32,
 ) -> Result<Option<Bytes>, StoreError> {
@@ -821,8 +835,7 @@ fn inline_document(
     match document {
         Some((_, Some(segment), Some(offset), size)) => {
             let size = u64::try_from(size).map_err(|e| StoreError::Internal(e.to_string()))?;
-            let location = Location { segment, offset };
-            let bytes = document_log::read(log_directory, location, id, number, size)?;
+            let bytes = log.read(Location { segment, offset }, size)?;
             Ok(Some(Bytes::from(bytes)))
         }
         Some((inline, ..)) => Ok(inline.map(Bytes::from)),
@@ -833,8 +846,8 @@ fn inline_document(
 
 fn create_job(
     conn: &Connection,
-    log: &Mutex<DocumentLog>,
     job: &NewJob,
+    logged: Option<Location>,
 ) -> Result<Job, StoreError> {
     let decision = job
         .admission
@@ -866,7 +879,7 @@ fn create_job(
     let id = JobId::try_from(conn.last_insert_rowid())
         .map_err(|_| StoreError::Internal("job ids are exhausted".into()))?;
     if let Some(document) = &job.document {
-        insert_document(conn, log, id, 1, document)?;
+        insert_document(conn, id, 1, document, logged)?;
     }
     if let (Some(admission), Some(decision)) = (&job.admission, &decision) {
         record_estimate(conn, id, &job.queue, admission, decision)?;
@@ -894,9 +907,9 @@ fn record_estimate(
 
 fn add_document(
     conn: &Connection,
-    log: &Mutex<DocumentLog>,
     id: JobId,
     document: Option<&NewDocument>,
+    logged: Option<Location>,
     last: bool,
     admission: Option<&Admission>,
 ) -> Result<Job, StoreError> {
@@ -911,7 +924,7 @@ fn add_document(
     if let Some(document) = document {
         let number = i32::try_from(job.documents.len() + 1)
             .map_err(|_| StoreError::Internal("too many documents".into()))?;
-        insert_document(conn, log, id, number, document)?;
+        insert_document(conn, id, number, document, logged)?;
     }
     if last {
         let mut reasons = without(&job.reasons, REASON_INCOMING);
@@ -1173,7 +1186,7 @@ fn sorted(mut ids: Vec<JobId>) -> Vec<JobId> {
 /// `keep_at_most`: both retention limits of a PrintQueue apply.
 fn purge_history(
     conn: &Connection,
-    log: &Mutex<DocumentLog>,
+    log: &DocumentLog,
     queue: &str,
     finished_before: i64,
     keep_at_most: u32,
@@ -1209,7 +1222,7 @@ fn purge_history(
     }
     // Only finished jobs' rows are gone, so should this transaction not commit, the
     // documents of a removed segment belong to jobs that are never sent again.
-    lock(log).remove_unreferenced(|segment| segment_referenced(conn, segment))?;
+    log.remove_unreferenced(|segment| segment_referenced(conn, segment))?;
     Ok(keys)
 }
 
@@ -1246,8 +1259,9 @@ fn list_jobs(conn: &Connection, query: &JobQuery) -> Result<Vec<Job>, StoreError
 #[async_trait]
 impl JobStore for SqliteJobStore {
     async fn create_job(&self, job: NewJob) -> Result<Job, StoreError> {
-        let log = self.documents.clone();
-        self.write(move |conn| create_job(conn, &log, &job)).await
+        let appended = self.log_document(job.document.as_ref()).await?;
+        self.write(move |conn| create_job(conn, &job, appended.as_ref().map(Appended::location)))
+            .await
     }
 
     async fn add_document(
@@ -1256,9 +1270,12 @@ impl JobStore for SqliteJobStore {
         document: Option<NewDocument>,
         last: bool,
     ) -> Result<Job, StoreError> {
-        let log = self.documents.clone();
-        self.write(move |conn| add_document(conn, &log, id, document.as_ref(), last, None))
-            .await
+        let appended = self.log_document(document.as_ref()).await?;
+        self.write(move |conn| {
+            let logged = appended.as_ref().map(Appended::location);
+            add_document(conn, id, document.as_ref(), logged, last, None)
+        })
+        .await
     }
 
     async fn add_last_document(
@@ -1267,9 +1284,10 @@ impl JobStore for SqliteJobStore {
         document: Option<NewDocument>,
         admission: Admission,
     ) -> Result<Job, StoreError> {
-        let log = self.documents.clone();
+        let appended = self.log_document(document.as_ref()).await?;
         self.write(move |conn| {
-            add_document(conn, &log, id, document.as_ref(), true, Some(&admission))
+            let logged = appended.as_ref().map(Appended::location);
+            add_document(conn, id, document.as_ref(), logged, true, Some(&admission))
         })
         .await
     }
@@ -1288,8 +1306,8 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn inline_document(&self, id: JobId, number: i32) -> Result<Option<Bytes>, StoreError> {
-        let directory = self.documents_directory.clone();
-        self.read(move |conn| inline_document(conn, &directory, id, number))
+        let log = self.documents.clone();
+        self.read(move |conn| inline_document(conn, &log, id, number))
             .await
     }
 
@@ -1830,11 +1848,8 @@ mod tests {
             }),
             ..new_job("alice")
         };
-        let log = Mutex::new(
-            DocumentLog::open(&document_log::directory_of(&backend.path()), 1 << 20).expect("log"),
-        );
         for _ in 0..3 {
-            create_job(&conn, &log, &job).expect("create");
+            create_job(&conn, &job, None).expect("create");
         }
         let sql = "SELECT number FROM documents WHERE job_id = ?1 ORDER BY number";
         for id in 1..=3 {
