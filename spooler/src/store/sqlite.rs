@@ -6,12 +6,14 @@
 //! commit only writes the log (WAL); a second thread fsyncs it and then answers the requests
 //! that must survive a power loss, all those committed since its last fsync at once (group
 //! commit). The writer goes on with the next batch meanwhile, so the dispatcher's
-//! bookkeeping, which needs no fsync, never waits for one. Reads run on a small pool of
-//! read-only connections, which WAL lets proceed while the writer commits.
+//! bookkeeping, which needs no fsync, never waits for one. A third thread copies the log
+//! into the database (checkpoints); when the log grows long anyway, the writer finishes a
+//! checkpoint itself between two commits so the log starts over. Reads run on a small pool
+//! of read-only connections, which WAL lets proceed while the writer commits.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -178,7 +180,8 @@ impl SqliteJobStore {
         let (syncer, committed) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
         let writer_commits = commits.clone();
-        let checkpointer = start_checkpointer(path)?;
+        let wal_frames = Arc::new(AtomicI64::new(0));
+        let checkpointer = start_checkpointer(path, wal_frames.clone())?;
         let mut log = path.as_os_str().to_owned();
         log.push("-wal");
         let log = PathBuf::from(log);
@@ -188,7 +191,15 @@ impl SqliteJobStore {
             .map_err(|e| StoreError::Internal(format!("cannot start the syncer thread: {e}")))?;
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run_writer(conn, requests, &syncer, &writer_commits, &writer_documents))
+            .spawn(move || {
+                let writer = Writer {
+                    syncer,
+                    commits: writer_commits,
+                    documents: writer_documents,
+                    wal_frames,
+                };
+                writer.run(conn, requests);
+            })
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteJobStore {
             writer: Some(writer),
@@ -311,11 +322,17 @@ impl Drop for SqliteJobStore {
 
 /// How often the checkpoint thread copies the write-ahead log into the database.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// Once the write-ahead log holds this many frames (4 KiB pages), the writer finishes the
+/// checkpoint itself so that the log starts over (see `Writer::restart_log`).
+const RESTART_LOG_FRAMES: i64 = 4096;
 
 /// Checkpoints run on their own connection and thread (the writer's automatic checkpoint
 /// is off), so copying the log into the database never stalls a commit that clients or
-/// printers are waiting for.
-fn start_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StoreError> {
+/// printers are waiting for. Each one tells `wal_frames` how long the log is.
+fn start_checkpointer(
+    path: &Path,
+    wal_frames: Arc<AtomicI64>,
+) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let (stop, stopped) = mpsc::channel::<()>();
@@ -327,14 +344,19 @@ fn start_checkpointer(path: &Path) -> Result<(mpsc::Sender<()>, JoinHandle<()>),
             {
                 // PASSIVE never blocks the writer or readers; what it cannot copy now it
                 // copies next time.
-                if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                {
-                    tracing::warn!(%error, "SQLite checkpoint failed");
+                match checkpoint(&conn) {
+                    Ok(frames) => wal_frames.store(frames, Ordering::Relaxed),
+                    Err(error) => tracing::warn!(%error, "SQLite checkpoint failed"),
                 }
             }
         })
         .map_err(|e| StoreError::Internal(format!("cannot start the checkpoint thread: {e}")))?;
     Ok((stop, thread))
+}
+
+/// A PASSIVE checkpoint on `conn`: how many frames the log held.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
 }
 
 fn writer_stopped() -> StoreError {
@@ -506,31 +528,45 @@ impl Waiting {
     }
 }
 
-fn run_writer(
-    mut conn: Connection,
-    requests: mpsc::Receiver<Box<dyn WriteRequest>>,
-    syncer: &mpsc::Sender<Committed>,
-    commits: &AtomicU64,
-    documents: &DocumentLog,
-) {
-    let mut waiting = Waiting::default();
-    loop {
-        if waiting.is_empty() {
-            match requests.recv() {
-                Ok(request) => waiting.push(request),
-                // Every sender is gone and nothing waits: the store was dropped.
-                Err(mpsc::RecvError) => return,
+/// The writer thread: what it hands committed requests to and keeps up to date.
+struct Writer {
+    syncer: mpsc::Sender<Committed>,
+    commits: Arc<AtomicU64>,
+    documents: Arc<DocumentLog>,
+    /// The log's length in frames, as the checkpoint thread last found it.
+    wal_frames: Arc<AtomicI64>,
+}
+
+impl Writer {
+    fn run(&self, mut conn: Connection, requests: mpsc::Receiver<Box<dyn WriteRequest>>) {
+        let mut waiting = Waiting::default();
+        loop {
+            if waiting.is_empty() {
+                match requests.recv() {
+                    Ok(request) => waiting.push(request),
+                    // Every sender is gone and nothing waits: the store was dropped.
+                    Err(mpsc::RecvError) => return,
+                }
+            }
+            let mut batch = Vec::new();
+            if let Err(error) = apply_batch(&mut conn, &mut waiting, &requests, &mut batch) {
+                tracing::warn!(%error, requests = batch.len(), "SQLite batch failed");
+                for request in batch {
+                    request.answer(Err(classify(&error)));
+                }
+                continue;
+            }
+            self.commits.fetch_add(1, Ordering::Relaxed);
+            self.hand_over(batch);
+            if self.wal_frames.load(Ordering::Relaxed) >= RESTART_LOG_FRAMES {
+                self.restart_log(&conn);
             }
         }
-        let mut batch = Vec::new();
-        if let Err(error) = apply_batch(&mut conn, &mut waiting, &requests, &mut batch) {
-            tracing::warn!(%error, requests = batch.len(), "SQLite batch failed");
-            for request in batch {
-                request.answer(Err(classify(&error)));
-            }
-            continue;
-        }
-        commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answers the requests of a committed batch that needed no fsync; passes the others,
+    /// with the document log segments written for them, to the syncer.
+    fn hand_over(&self, batch: Vec<Box<dyn WriteRequest>>) {
         let (durable, relaxed): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|request| request.durability() == Durability::Fsync);
@@ -538,18 +574,31 @@ fn run_writer(
             request.answer(Ok(()));
         }
         if durable.is_empty() {
-            continue;
+            return;
         }
         let committed = Committed {
             requests: durable,
-            documents: documents.take_unsynced(),
+            documents: self.documents.take_unsynced(),
         };
-        if let Err(mpsc::SendError(committed)) = syncer.send(committed) {
+        if let Err(mpsc::SendError(committed)) = self.syncer.send(committed) {
             for request in committed.requests {
                 request.answer(Err(StoreError::Unavailable(
                     "the SQLite syncer thread has stopped".into(),
                 )));
             }
+        }
+    }
+
+    /// SQLite writes the log from its start again only once a checkpoint has copied all of
+    /// it, and the checkpoint thread never gets there while commits keep coming: the log
+    /// would grow without end (hundreds of MB under load), every new page of it zeroed by
+    /// the kernel, every read searching its whole index. Checkpointing here, between two
+    /// commits, copies the little the checkpoint thread left, so the next commit starts
+    /// the log over.
+    fn restart_log(&self, conn: &Connection) {
+        self.wal_frames.store(0, Ordering::Relaxed);
+        if let Err(error) = checkpoint(conn) {
+            tracing::warn!(%error, "SQLite checkpoint failed");
         }
     }
 }
@@ -1831,6 +1880,47 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_writers_checkpoint_lets_the_log_start_over() {
+        let backend = SqliteBackend::new();
+        let mut conn = Connection::open(backend.path()).expect("open");
+        configure_writer(&conn).expect("configure");
+        migrate(&mut conn).expect("schema");
+        let mut wal = backend.path().into_os_string();
+        wal.push("-wal");
+        let wal_bytes = || std::fs::metadata(&wal).expect("log").len();
+        // Three hundred commits of a page or more each; nothing checkpoints meanwhile.
+        let commit_pages = |round: usize| {
+            for n in 0..300 {
+                conn.execute(
+                    "INSERT INTO installation (name, value) VALUES (?1, zeroblob(3000))",
+                    [format!("{round}-{n}")],
+                )
+                .expect("insert");
+            }
+        };
+        commit_pages(0);
+        let grown = wal_bytes();
+        let writer = Writer {
+            syncer: mpsc::channel().0,
+            commits: Arc::default(),
+            documents: Arc::new(
+                DocumentLog::open(&document_log::directory_of(&backend.path()), 1 << 20)
+                    .expect("document log"),
+            ),
+            wal_frames: Arc::new(AtomicI64::new(RESTART_LOG_FRAMES)),
+        };
+        writer.restart_log(&conn);
+        assert_eq!(writer.wal_frames.load(Ordering::Relaxed), 0);
+        commit_pages(1);
+        // Without the checkpoint the log would have grown to about twice its size.
+        assert!(
+            wal_bytes() < grown * 5 / 4,
+            "the log grew from {grown} to {} bytes: it did not start over",
+            wal_bytes()
+        );
     }
 
     #[test]
