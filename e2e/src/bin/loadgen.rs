@@ -83,6 +83,8 @@ struct Figures {
     elapsed: Duration,
     latencies: Vec<Duration>,
     delivered: Option<usize>,
+    /// The backlog's delivery once the load stopped (standalone spooler and cupsd).
+    drained: Option<Drained>,
     rss_kib: Option<u64>,
     peak_rss_kib: Option<u64>,
     /// CPU time the server side used during the run (for a cluster: every pod, PostgreSQL
@@ -98,6 +100,12 @@ impl Figures {
     fn delivered_per_second(&self) -> Option<f64> {
         self.delivered
             .map(|delivered| delivered as f64 / self.elapsed.as_secs_f64())
+    }
+
+    fn drained_per_second(&self) -> Option<f64> {
+        let drained = self.drained.as_ref()?;
+        let seconds = drained.elapsed.as_secs_f64();
+        (seconds > 0.0).then(|| drained.jobs as f64 / seconds)
     }
 
     fn cpu_ms_per_accepted_job(&self) -> Option<f64> {
@@ -173,6 +181,38 @@ async fn generate(uris: &[String], load: Load) -> anyhow::Result<(Vec<Duration>,
     Ok((latencies, errors, elapsed))
 }
 
+/// Jobs delivered after the load stopped, and how long until the last of them.
+struct Drained {
+    jobs: usize,
+    elapsed: Duration,
+}
+
+/// Longest wait for a backlog to reach the printer after the load stops.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Once the load has stopped, waits (up to `DRAIN_LIMIT`) until `delivered` (a count of
+/// delivered jobs, asked of the printer or the server) reaches `accepted`: with nothing
+/// else to do, how fast the server empties its queue.
+async fn drain(
+    accepted: usize,
+    mut delivered: impl AsyncFnMut() -> anyhow::Result<usize>,
+) -> anyhow::Result<Drained> {
+    let start = Instant::now();
+    let first = delivered().await?;
+    let (mut last, mut last_at) = (first, start);
+    while last < accepted && start.elapsed() < DRAIN_LIMIT {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = delivered().await?;
+        if now != last {
+            (last, last_at) = (now, Instant::now());
+        }
+    }
+    Ok(Drained {
+        jobs: last.saturating_sub(first),
+        elapsed: last_at - start,
+    })
+}
+
 /// What a run measured, with the server's process `pid` for its memory figures.
 fn figures(
     (latencies, errors, elapsed): (Vec<Duration>, usize, Duration),
@@ -186,6 +226,7 @@ fn figures(
         elapsed,
         latencies,
         delivered,
+        drained: None,
         rss_kib: pid.and_then(|pid| proc_status_kib(pid, "VmRSS")),
         peak_rss_kib: pid.and_then(|pid| proc_status_kib(pid, "VmHWM")),
         cpu_seconds,
@@ -259,6 +300,7 @@ fn print_comparison(load: Load, columns: &[Column], ratios: &[Ratio]) {
     };
     row("accepted jobs/s", &|f| Some(f.accepted_per_second()));
     row("delivered jobs/s", &Figures::delivered_per_second);
+    row("drained jobs/s (after)", &Figures::drained_per_second);
     row("p50 latency ms", &|f| f.latency_ms(50.0));
     row("p99 latency ms", &|f| f.latency_ms(99.0));
     row("failed submissions", &|f| Some(f.errors as f64));
@@ -296,7 +338,10 @@ async fn bench_spooler(load: Load, policy: Option<&str>) -> anyhow::Result<Figur
     let run = generate(&[spooler.queue_uri("bench")], load).await?;
     let cpu = cpu_of(&[pid]) - cpu_before;
     let delivered = sink.completed_jobs();
-    Ok(figures(run, Some(delivered), Some(pid), Some(cpu)))
+    let mut figures = figures(run, Some(delivered), Some(pid), Some(cpu));
+    let drained = drain(figures.accepted, async || Ok(sink.completed_jobs())).await?;
+    figures.drained = Some(drained);
+    Ok(figures)
 }
 
 async fn bench_cupsd(load: Load) -> anyhow::Result<Figures> {
@@ -306,16 +351,20 @@ async fn bench_cupsd(load: Load) -> anyhow::Result<Figures> {
     let run = generate(std::slice::from_ref(&uri), load).await?;
     let cpu = cpu_of(&[cupsd.pid()]) - cpu_before;
     // cupsd keeps no history here: what it accepted and no longer has queued, it printed.
-    let queued = IppConnection::new(&uri)?
-        .get_printer_attributes(&["queued-job-count"])
-        .await?
-        .integer("queued-job-count");
-    let delivered = queued.map(|queued| {
-        run.0
-            .len()
-            .saturating_sub(usize::try_from(queued).unwrap_or(0))
-    });
-    Ok(figures(run, delivered, Some(cupsd.pid()), Some(cpu)))
+    let accepted = run.0.len();
+    let mut connection = IppConnection::new(&uri)?;
+    let mut printed = async || -> anyhow::Result<usize> {
+        let queued = connection
+            .get_printer_attributes(&["queued-job-count"])
+            .await?
+            .integer("queued-job-count")
+            .context("cupsd did not say how many jobs it has queued")?;
+        Ok(accepted.saturating_sub(usize::try_from(queued).unwrap_or(0)))
+    };
+    let delivered = printed().await?;
+    let mut figures = figures(run, Some(delivered), Some(cupsd.pid()), Some(cpu));
+    figures.drained = Some(drain(accepted, printed).await?);
+    Ok(figures)
 }
 
 /// Seconds a leader holds the bench shard's Lease without renewing it.
