@@ -429,6 +429,60 @@ async fn canceling_a_printing_job_abandons_the_transmission() {
 }
 
 #[tokio::test]
+async fn a_job_claimed_while_another_is_sent_and_canceled_meanwhile_is_never_sent() {
+    // A printer that holds its first job's connection until told to, then records all.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (release, mut released) = watch::channel(false);
+    let received = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let recorded = received.clone();
+    let printer = tokio::spawn(async move {
+        loop {
+            let (mut connection, _) = listener.accept().await.unwrap();
+            let mut first = [0u8; 1];
+            if !matches!(connection.read(&mut first).await, Ok(1)) {
+                continue;
+            }
+            stopped(&mut released).await;
+            let mut data = first.to_vec();
+            connection.read_to_end(&mut data).await.unwrap();
+            recorded.lock().unwrap().push(data);
+        }
+    });
+    let mut harness = Harness::new(config(
+        &[("laser", format!("socket://127.0.0.1:{port}"))],
+        &[("office", &["laser"])],
+    ));
+    harness.start();
+    let first = harness.submit("office", 50, &vec![b'1'; 4 << 20]).await;
+    let second = harness.submit("office", 50, b"second job").await;
+    harness.wait_for_state(first.id, JobState::Processing).await;
+    // Claimed (and read) while the first one is on its way.
+    harness
+        .wait_for_state(second.id, JobState::Processing)
+        .await;
+    harness
+        .app
+        .store
+        .apply(second.id, UserAction::Cancel)
+        .await
+        .unwrap();
+    harness.app.dispatch.cancel(second.id);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    release.send(true).unwrap();
+    harness.wait_for_state(first.id, JobState::Completed).await;
+    // Room for a wrongly sent second job to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "only the first job reached the printer");
+    assert!(received[0].iter().all(|byte| *byte == b'1'));
+    let second = harness.app.store.job(second.id).await.unwrap().unwrap();
+    assert_eq!(second.state, JobState::Canceled);
+    printer.abort();
+    harness.stop().await;
+}
+
+#[tokio::test]
 async fn workers_follow_configuration_changes() {
     let out = tempfile::tempdir().unwrap();
     let mut harness = Harness::new(config(&[], &[]));

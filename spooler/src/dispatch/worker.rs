@@ -34,13 +34,28 @@ enum ServeEnd {
     PrinterFailed,
 }
 
-/// How one job's attempt ended, as far as the worker is concerned.
+/// How one job's attempt ended, as far as the worker is concerned (its outcome is recorded,
+/// or not ours to record).
 enum JobEnd {
-    /// The outcome is recorded (or not ours to record).
     Done,
-    /// The printer took the job; the outcome is left to record.
-    Delivered(Outcome),
+    /// The printer took the job.
+    Delivered,
     PrinterFailed,
+}
+
+/// A job claimed for this printer, with its documents opened (or why they could not be).
+struct Claimed {
+    job: Job,
+    documents: Result<Vec<OutgoingDocument>, OpenError>,
+}
+
+/// Cancels the worker saw while it sent a job, for jobs other than that one: the next job,
+/// claimed meanwhile, may be among them.
+#[derive(Default)]
+struct CancelsSeen {
+    ids: Vec<JobId>,
+    /// Some cancels were missed (the channel lagged): ask the store.
+    lagged: bool,
 }
 
 /// Why a job's documents could not be opened.
@@ -161,14 +176,14 @@ impl PrinterWorker {
         // The queues this printer serves change only with the configuration: computed
         // once per configuration, not on every look for work.
         let mut served: Option<(Arc<Config>, Vec<String>)> = None;
-        // The next job, claimed while the previous one's outcome was recorded.
-        let mut claimed_ahead: Option<Job> = None;
+        // The next job, claimed and read while the previous one was sent.
+        let mut claimed_ahead: Option<Claimed> = None;
         loop {
             if self.is_stopped() {
-                if let Some(job) = claimed_ahead {
+                if let Some(next) = claimed_ahead {
                     // Not sent yet: handed back, so a stop (or a lost lease) never starts
                     // a transmission.
-                    self.finish(&job, self.hand_back()).await;
+                    self.finish(&next.job, self.hand_back()).await;
                 }
                 return ServeEnd::Stopped;
             }
@@ -192,64 +207,77 @@ impl PrinterWorker {
                 .as_ref()
                 .map_or(&[][..], |(_, queues)| queues.as_slice());
             let claimed = match claimed_ahead.take() {
-                Some(job) => Some(job),
+                Some(claimed) => Some(claimed),
                 None => self.claim(queues).await,
             };
-            if let Some(job) = claimed {
-                match self.dispatch_job(backend, &job, cancels).await {
-                    JobEnd::Done => healthy_at = Instant::now(),
-                    JobEnd::Delivered(outcome) => {
-                        healthy_at = Instant::now();
-                        let finish = self.finish(&job, outcome).instrument(self.job_span(&job));
-                        if self.is_stopped() {
-                            finish.await;
-                        } else {
-                            // One trip to the store for both: the outcome and the next
-                            // claim are committed together.
-                            let (_, next) = tokio::join!(finish, self.claim(queues));
-                            claimed_ahead = next;
-                        }
-                    }
-                    JobEnd::PrinterFailed => return ServeEnd::PrinterFailed,
+            let Some(Claimed { job, documents }) = claimed else {
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep(self.settings.idle_poll) => {}
+                    _ = stopped(&mut self.stop) => return ServeEnd::Stopped,
                 }
                 continue;
+            };
+            // The next job is claimed and read while this one is sent, so the printer gets
+            // it as soon as this one's outcome is recorded.
+            let mut seen = CancelsSeen::default();
+            let (end, next) = tokio::join!(
+                self.attempt(backend, &job, documents, cancels, &mut seen)
+                    .instrument(self.job_span(&job)),
+                self.claim(queues),
+            );
+            let next_id = next.as_ref().map(|next| next.job.id);
+            claimed_ahead = next;
+            if let Some(id) = next_id
+                && self.canceled_meanwhile(id, &seen).await
+            {
+                claimed_ahead = None;
             }
-            tokio::select! {
-                _ = woken => {}
-                _ = tokio::time::sleep(self.settings.idle_poll) => {}
-                _ = stopped(&mut self.stop) => return ServeEnd::Stopped,
+            match end {
+                JobEnd::Done | JobEnd::Delivered => healthy_at = Instant::now(),
+                JobEnd::PrinterFailed => {
+                    if let Some(next) = claimed_ahead {
+                        self.finish(&next.job, self.hand_back()).await;
+                    }
+                    return ServeEnd::PrinterFailed;
+                }
             }
         }
     }
 
-    /// The next job of `queues` for this printer, if there is one and we may have it.
-    async fn claim(&self, queues: &[String]) -> Option<Job> {
+    /// The next job of `queues` for this printer, with its documents opened, if there is
+    /// one and we may have it.
+    async fn claim(&self, queues: &[String]) -> Option<Claimed> {
         if queues.is_empty() {
             return None;
         }
-        match self
+        let job = match self
             .app
             .store
             .claim_next(queues, &self.name, &self.claimer)
             .await
         {
-            Ok(job) => job,
+            Ok(job) => job?,
             Err(error) => {
                 tracing::warn!(%error, "claiming a job");
-                None
+                return None;
             }
-        }
+        };
+        let documents = self.open_documents(&job).await;
+        Some(Claimed { job, documents })
     }
 
-    async fn dispatch_job(
-        &self,
-        backend: &dyn Backend,
-        job: &Job,
-        cancels: &mut broadcast::Receiver<JobId>,
-    ) -> JobEnd {
-        self.attempt(backend, job, cancels)
-            .instrument(self.job_span(job))
-            .await
+    /// Whether job `id`, claimed while another was sent, was canceled meanwhile (the store
+    /// holds it canceled already: nothing is left to do with it).
+    async fn canceled_meanwhile(&self, id: JobId, seen: &CancelsSeen) -> bool {
+        if seen.ids.contains(&id) {
+            return true;
+        }
+        seen.lagged
+            && matches!(
+                self.app.store.job(id).await,
+                Ok(Some(current)) if current.state == JobState::Canceled
+            )
     }
 
     fn job_span(&self, job: &Job) -> tracing::Span {
@@ -262,18 +290,21 @@ impl PrinterWorker {
         )
     }
 
+    /// Sends `job` and records its outcome.
     async fn attempt(
         &self,
         backend: &dyn Backend,
         job: &Job,
+        documents: Result<Vec<OutgoingDocument>, OpenError>,
         cancels: &mut broadcast::Receiver<JobId>,
+        seen: &mut CancelsSeen,
     ) -> JobEnd {
         if job.documents.is_empty() {
             self.finish(job, self.aborted("the job has no document"))
                 .await;
             return JobEnd::Done;
         }
-        let documents = match self.open_documents(job).await {
+        let documents = match documents {
             Ok(documents) => documents,
             Err(OpenError::Missing(message)) => {
                 tracing::error!(%message, "job documents are missing");
@@ -290,7 +321,7 @@ impl PrinterWorker {
         tracing::info!(documents = documents.len(), "sending job");
         let started = Instant::now();
         let Some(result) = self
-            .print_unless_canceled(backend, job, documents, cancels)
+            .print_unless_canceled(backend, job, documents, cancels, seen)
             .await
         else {
             // The store already holds the job as canceled; finishing is not ours to do.
@@ -304,11 +335,13 @@ impl PrinterWorker {
                 sheets,
             }) => {
                 tracing::info!(seconds, ?impressions, ?sheets, "job delivered");
-                JobEnd::Delivered(Outcome::Completed {
+                let outcome = Outcome::Completed {
                     printer: self.name.clone(),
                     impressions,
                     sheets,
-                })
+                };
+                self.finish(job, outcome).await;
+                JobEnd::Delivered
             }
             Err(BackendError::Refused(message)) => {
                 tracing::warn!(%message, "printer refused the job");
@@ -324,13 +357,14 @@ impl PrinterWorker {
     }
 
     /// Runs the transmission, dropping it if the job is canceled meanwhile; `None` when
-    /// it was.
+    /// it was. Cancels of other jobs go to `seen`.
     async fn print_unless_canceled(
         &self,
         backend: &dyn Backend,
         job: &Job,
         documents: Vec<OutgoingDocument>,
         cancels: &mut broadcast::Receiver<JobId>,
+        seen: &mut CancelsSeen,
     ) -> Option<Result<Delivery, BackendError>> {
         let print = backend.print(
             OutgoingJob {
@@ -346,9 +380,10 @@ impl PrinterWorker {
                 result = &mut print => return Some(result),
                 canceled = cancels.recv(), if listening => match canceled {
                     Ok(id) if id == job.id => return None,
-                    Ok(_) => {}
+                    Ok(id) => seen.ids.push(id),
                     // Missed some cancels: ask the store whether ours was one.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
+                        seen.lagged = true;
                         if let Ok(Some(current)) = self.app.store.job(job.id).await
                             && current.state == JobState::Canceled
                         {
