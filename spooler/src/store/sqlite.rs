@@ -663,22 +663,26 @@ fn apply_batch(
     requests: &mpsc::Receiver<Box<dyn WriteRequest>>,
     batch: &mut Vec<Box<dyn WriteRequest>>,
 ) -> rusqlite::Result<()> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     waiting.receive_more(requests);
+    // Prepared once: a savepoint per request is two or three statements each time.
+    let run = |sql: &str| {
+        tx.prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+    };
     while batch.len() < MAX_BATCH {
         let Some(mut request) = waiting.next() else {
             break;
         };
-        let savepoint = tx.savepoint()?;
-        let applied = request.apply(&savepoint);
+        run("SAVEPOINT request")?;
+        let applied = request.apply(&tx);
         let relaxed = request.durability() == Durability::ProcessCrash;
         batch.push(request);
-        if applied {
-            savepoint.commit()?;
-        } else {
-            // Dropping behaviour is rollback: undo this request only.
-            savepoint.finish()?;
+        if !applied {
+            // Undo this request only.
+            run("ROLLBACK TO request")?;
         }
+        run("RELEASE request")?;
         waiting.receive_more(requests);
         if relaxed && waiting.relaxed.is_empty() {
             break;
