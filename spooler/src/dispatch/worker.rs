@@ -318,7 +318,7 @@ impl PrinterWorker {
                 return JobEnd::Done;
             }
         };
-        tracing::info!(documents = documents.len(), "sending job");
+        tracing::debug!(documents = documents.len(), "sending job");
         let started = Instant::now();
         let Some(result) = self
             .print_unless_canceled(backend, job, documents, cancels, seen)
