@@ -243,6 +243,17 @@ impl SqliteJobStore {
         self.write_with(Durability::ProcessCrash, work).await
     }
 
+    /// Like `write_relaxed`, for bookkeeping nobody waits for yet: it joins the batch
+    /// being built instead of having it committed early.
+    async fn write_relaxed_with_batch<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.write_with(Durability::ProcessCrashWithBatch, work)
+            .await
+    }
+
     async fn write_with<T, F>(&self, durability: Durability, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -435,8 +446,13 @@ enum Durability {
     /// Power loss: answered once the log holding the commit is fsynced.
     Fsync,
     /// The process being killed: answered once the commit is in the log, in the OS page
-    /// cache.
+    /// cache. Applied before waiting submissions, and its batch commits as soon as no other
+    /// such request waits: a printer waits for it.
     ProcessCrash,
+    /// Like `ProcessCrash`, but committed with whatever batch it lands in, without cutting
+    /// it short: nobody waits for it yet (a printer's next job, claimed while the printer
+    /// receives the current one).
+    ProcessCrashWithBatch,
 }
 
 /// One caller's write, as the writer thread sees it.
@@ -506,7 +522,9 @@ struct Waiting {
 impl Waiting {
     fn push(&mut self, request: Box<dyn WriteRequest>) {
         match request.durability() {
-            Durability::ProcessCrash => self.relaxed.push_back(request),
+            Durability::ProcessCrash | Durability::ProcessCrashWithBatch => {
+                self.relaxed.push_back(request);
+            }
             Durability::Fsync => self.durable.push_back(request),
         }
     }
@@ -670,13 +688,15 @@ fn apply_batch(
         tx.prepare_cached(sql)
             .and_then(|mut statement| statement.execute([]))
     };
+    // Whether a request someone waits for is in this batch.
+    let mut awaited = false;
     while batch.len() < MAX_BATCH {
         let Some(mut request) = waiting.next() else {
             break;
         };
         run("SAVEPOINT request")?;
         let applied = request.apply(&tx);
-        let relaxed = request.durability() == Durability::ProcessCrash;
+        awaited |= request.durability() == Durability::ProcessCrash;
         batch.push(request);
         if !applied {
             // Undo this request only.
@@ -684,7 +704,7 @@ fn apply_batch(
         }
         run("RELEASE request")?;
         waiting.receive_more(requests);
-        if relaxed && waiting.relaxed.is_empty() {
+        if awaited && waiting.relaxed.is_empty() {
             break;
         }
     }
@@ -1376,7 +1396,8 @@ impl JobStore for SqliteJobStore {
         let queues = to_json(queues)?;
         let printer = printer.to_string();
         let claimer = claimer.clone();
-        self.write_relaxed(move |conn| claim_next(conn, &queues, &printer, &claimer))
+        // Usually made while the printer receives its current job (see `dispatch`).
+        self.write_relaxed_with_batch(move |conn| claim_next(conn, &queues, &printer, &claimer))
             .await
     }
 
@@ -1854,6 +1875,49 @@ mod tests {
         apply_batch(&mut conn, &mut waiting, &receiver, &mut second).expect("second batch");
         assert_eq!(kinds(&second), vec![Durability::Fsync, Durability::Fsync]);
         assert!(waiting.is_empty());
+    }
+
+    #[test]
+    fn a_claim_made_ahead_rides_with_the_batch_it_lands_in() {
+        use Durability::*;
+        let backend = SqliteBackend::new();
+        let mut conn = Connection::open(backend.path()).expect("open");
+        configure_writer(&conn).expect("configure");
+        migrate(&mut conn).expect("migrate");
+        let mut waiting = Waiting::default();
+        waiting.push(pause("submission-1", false).0);
+        waiting.push(pause("submission-2", false).0);
+        let (sender, receiver) = mpsc::channel();
+        let kinds = |batch: &[Box<dyn WriteRequest>]| {
+            batch
+                .iter()
+                .map(|request| request.durability())
+                .collect::<Vec<_>>()
+        };
+        let ahead = |name| pause_with(name, false, ProcessCrashWithBatch).0;
+        sender.send(ahead("claim-1")).expect("send");
+        let mut first = Vec::new();
+        apply_batch(&mut conn, &mut waiting, &receiver, &mut first).expect("first batch");
+        // Applied first, but the submissions waiting are committed with it.
+        assert_eq!(
+            kinds(&first),
+            vec![ProcessCrashWithBatch, Fsync, Fsync],
+            "one commit for the claim and the submissions"
+        );
+        // With an outcome a printer waits for, the batch commits without the submission.
+        waiting.push(pause("submission-3", false).0);
+        sender.send(ahead("claim-2")).expect("send");
+        sender
+            .send(pause_with("outcome", false, ProcessCrash).0)
+            .expect("send");
+        let mut second = Vec::new();
+        apply_batch(&mut conn, &mut waiting, &receiver, &mut second).expect("second batch");
+        assert_eq!(kinds(&second), vec![ProcessCrashWithBatch, ProcessCrash]);
+        assert_eq!(
+            waiting.durable.len(),
+            1,
+            "the submission waits for the next batch"
+        );
     }
 
     #[tokio::test]
