@@ -220,6 +220,8 @@ fn hang_up(connection: TcpStream) {
 #[derive(Clone, Copy)]
 enum SinkMode {
     Record,
+    /// Read nothing of a job until `Sink::release`, then record as `Record` does.
+    HoldUntilReleased,
     /// Reset the first connection that carries data, record the rest.
     HangUpOnFirstJob,
     /// Reset every connection that carries data.
@@ -230,6 +232,7 @@ enum SinkMode {
 struct Sink {
     address: SocketAddr,
     jobs: Arc<Mutex<Vec<Vec<u8>>>>,
+    release: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -239,6 +242,7 @@ impl Sink {
         let address = listener.local_addr().unwrap();
         let jobs = Arc::new(Mutex::new(Vec::new()));
         let recorded = jobs.clone();
+        let (release, mut released) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut hung_up = false;
             loop {
@@ -252,6 +256,10 @@ impl Sink {
                 }
                 let hang_up_now = match mode {
                     SinkMode::Record => false,
+                    SinkMode::HoldUntilReleased => {
+                        stopped(&mut released).await;
+                        false
+                    }
                     SinkMode::HangUpOnFirstJob => !hung_up,
                     SinkMode::HangUpAlways => true,
                 };
@@ -269,8 +277,23 @@ impl Sink {
         Sink {
             address,
             jobs,
+            release,
             task,
         }
+    }
+
+    /// Lets a `HoldUntilReleased` sink read its jobs.
+    fn release(&self) {
+        self.release.send_replace(true);
+    }
+
+    /// The jobs recorded once there are `count` of them (or after ten seconds).
+    async fn wait_for_jobs(&self, count: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.jobs().len() < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.jobs()
     }
 
     fn uri(&self) -> String {
@@ -379,27 +402,9 @@ async fn a_hang_up_mid_job_is_retried_not_lost() {
 
 #[tokio::test]
 async fn canceling_a_printing_job_abandons_the_transmission() {
-    // A printer that takes the connection but does not read until told to.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (release, mut released) = watch::channel(false);
-    let stalled = tokio::spawn(async move {
-        loop {
-            let (mut connection, _) = listener.accept().await.unwrap();
-            let mut first = [0u8; 1];
-            if !matches!(connection.read(&mut first).await, Ok(1)) {
-                continue;
-            }
-            stopped(&mut released).await;
-            let mut rest = Vec::new();
-            let ended =
-                tokio::time::timeout(Duration::from_secs(10), connection.read_to_end(&mut rest))
-                    .await;
-            return (ended.is_ok(), 1 + rest.len());
-        }
-    });
+    let printer = Sink::start(SinkMode::HoldUntilReleased).await;
     let mut harness = Harness::new(config(
-        &[("laser", format!("socket://127.0.0.1:{port}"))],
+        &[("laser", printer.uri())],
         &[("office", &["laser"])],
     ));
     harness.start();
@@ -416,12 +421,13 @@ async fn canceling_a_printing_job_abandons_the_transmission() {
         .unwrap();
     harness.app.dispatch.cancel(job.id);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    release.send(true).unwrap();
-    let (connection_ended, received) = stalled.await.unwrap();
-    assert!(connection_ended, "the worker closed the connection");
+    printer.release();
+    let received = printer.wait_for_jobs(1).await;
+    assert_eq!(received.len(), 1, "the worker closed the connection");
     assert!(
-        received < size,
-        "only part of the job went out ({received} bytes)"
+        received[0].len() < size,
+        "only part of the job went out ({} bytes)",
+        received[0].len()
     );
     let job = harness.app.store.job(job.id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Canceled);
@@ -430,27 +436,9 @@ async fn canceling_a_printing_job_abandons_the_transmission() {
 
 #[tokio::test]
 async fn a_job_claimed_while_another_is_sent_and_canceled_meanwhile_is_never_sent() {
-    // A printer that holds its first job's connection until told to, then records all.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (release, mut released) = watch::channel(false);
-    let received = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
-    let recorded = received.clone();
-    let printer = tokio::spawn(async move {
-        loop {
-            let (mut connection, _) = listener.accept().await.unwrap();
-            let mut first = [0u8; 1];
-            if !matches!(connection.read(&mut first).await, Ok(1)) {
-                continue;
-            }
-            stopped(&mut released).await;
-            let mut data = first.to_vec();
-            connection.read_to_end(&mut data).await.unwrap();
-            recorded.lock().unwrap().push(data);
-        }
-    });
+    let printer = Sink::start(SinkMode::HoldUntilReleased).await;
     let mut harness = Harness::new(config(
-        &[("laser", format!("socket://127.0.0.1:{port}"))],
+        &[("laser", printer.uri())],
         &[("office", &["laser"])],
     ));
     harness.start();
@@ -469,16 +457,15 @@ async fn a_job_claimed_while_another_is_sent_and_canceled_meanwhile_is_never_sen
         .unwrap();
     harness.app.dispatch.cancel(second.id);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    release.send(true).unwrap();
+    printer.release();
     harness.wait_for_state(first.id, JobState::Completed).await;
     // Room for a wrongly sent second job to arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let received = received.lock().unwrap().clone();
+    let received = printer.jobs();
     assert_eq!(received.len(), 1, "only the first job reached the printer");
     assert!(received[0].iter().all(|byte| *byte == b'1'));
     let second = harness.app.store.job(second.id).await.unwrap().unwrap();
     assert_eq!(second.state, JobState::Canceled);
-    printer.abort();
     harness.stop().await;
 }
 

@@ -1548,6 +1548,7 @@ mod tests {
     use super::*;
     use crate::job::{DocumentBody, JobTicket};
     use crate::store::contract::{Backend, job_store_contract};
+    use crate::store::documents::tests::files_in;
     use rusqlite::StatementStatus;
 
     /// A database file in a temporary directory that lives as long as the backend.
@@ -1604,19 +1605,7 @@ mod tests {
     }
 
     fn segment_files(backend: &SqliteBackend) -> Vec<String> {
-        let directory = document_log::directory_of(&backend.path());
-        let mut names: Vec<String> = std::fs::read_dir(directory)
-            .expect("document log")
-            .map(|entry| {
-                entry
-                    .expect("entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        names.sort();
-        names
+        files_in(&document_log::directory_of(&backend.path()))
     }
 
     #[tokio::test]
@@ -1848,15 +1837,25 @@ mod tests {
         assert_eq!(store.paused_queues().await.expect("paused"), vec!["a", "c"]);
     }
 
-    #[test]
-    fn bookkeeping_goes_first_and_commits_without_waiting_for_submissions() {
-        let backend = SqliteBackend::new();
+    /// A writer's connection, with two submissions waiting for it.
+    fn two_submissions_waiting(backend: &SqliteBackend) -> (Connection, Waiting) {
         let mut conn = Connection::open(backend.path()).expect("open");
         configure_writer(&conn).expect("configure");
         migrate(&mut conn).expect("migrate");
         let mut waiting = Waiting::default();
         waiting.push(pause("submission-1", false).0);
         waiting.push(pause("submission-2", false).0);
+        (conn, waiting)
+    }
+
+    fn kinds(batch: &[Box<dyn WriteRequest>]) -> Vec<Durability> {
+        batch.iter().map(|request| request.durability()).collect()
+    }
+
+    #[test]
+    fn bookkeeping_goes_first_and_commits_without_waiting_for_submissions() {
+        let backend = SqliteBackend::new();
+        let (mut conn, mut waiting) = two_submissions_waiting(&backend);
         let (sender, receiver) = mpsc::channel();
         // Arrives after the submissions.
         sender
@@ -1864,12 +1863,6 @@ mod tests {
             .expect("send");
         let mut first = Vec::new();
         apply_batch(&mut conn, &mut waiting, &receiver, &mut first).expect("first batch");
-        let kinds = |batch: &[Box<dyn WriteRequest>]| {
-            batch
-                .iter()
-                .map(|request| request.durability())
-                .collect::<Vec<_>>()
-        };
         assert_eq!(kinds(&first), vec![Durability::ProcessCrash]);
         let mut second = Vec::new();
         apply_batch(&mut conn, &mut waiting, &receiver, &mut second).expect("second batch");
@@ -1881,19 +1874,8 @@ mod tests {
     fn a_claim_made_ahead_rides_with_the_batch_it_lands_in() {
         use Durability::*;
         let backend = SqliteBackend::new();
-        let mut conn = Connection::open(backend.path()).expect("open");
-        configure_writer(&conn).expect("configure");
-        migrate(&mut conn).expect("migrate");
-        let mut waiting = Waiting::default();
-        waiting.push(pause("submission-1", false).0);
-        waiting.push(pause("submission-2", false).0);
+        let (mut conn, mut waiting) = two_submissions_waiting(&backend);
         let (sender, receiver) = mpsc::channel();
-        let kinds = |batch: &[Box<dyn WriteRequest>]| {
-            batch
-                .iter()
-                .map(|request| request.durability())
-                .collect::<Vec<_>>()
-        };
         let ahead = |name| pause_with(name, false, ProcessCrashWithBatch).0;
         sender.send(ahead("claim-1")).expect("send");
         let mut first = Vec::new();

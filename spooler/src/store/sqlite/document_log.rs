@@ -268,20 +268,7 @@ mod tests {
             .collect()
     }
 
-    fn segments(directory: &Path) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(directory)
-            .expect("list")
-            .map(|entry| {
-                entry
-                    .expect("entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        names.sort();
-        names
-    }
+    use crate::store::documents::tests::files_in as segments;
 
     fn open(directory: &Path, segment_bytes: u64) -> Arc<DocumentLog> {
         Arc::new(DocumentLog::open(directory, segment_bytes).expect("open"))
