@@ -38,8 +38,6 @@ enum ServeEnd {
 /// or not ours to record).
 enum JobEnd {
     Done,
-    /// The printer took the job.
-    Delivered,
     PrinterFailed,
 }
 
@@ -234,7 +232,7 @@ impl PrinterWorker {
                 claimed_ahead = None;
             }
             match end {
-                JobEnd::Done | JobEnd::Delivered => healthy_at = Instant::now(),
+                JobEnd::Done => healthy_at = Instant::now(),
                 JobEnd::PrinterFailed => {
                     if let Some(next) = claimed_ahead {
                         self.finish(&next.job, self.hand_back()).await;
@@ -341,7 +339,7 @@ impl PrinterWorker {
                     sheets,
                 };
                 self.finish(job, outcome).await;
-                JobEnd::Delivered
+                JobEnd::Done
             }
             Err(BackendError::Refused(message)) => {
                 tracing::warn!(%message, "printer refused the job");

@@ -505,7 +505,7 @@ where
 }
 
 /// Requests committed to the log that wait for its fsync, with the document log segments
-/// written for them (fsynced first).
+/// written for them (fsynced alongside it).
 struct Committed {
     requests: Vec<Box<dyn WriteRequest>>,
     documents: Vec<Arc<std::fs::File>>,
