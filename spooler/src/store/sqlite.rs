@@ -909,7 +909,7 @@ fn inline_document(
         Some((_, Some(segment), Some(offset), size)) => {
             let size = u64::try_from(size).map_err(|e| StoreError::Internal(e.to_string()))?;
             let bytes = log.read(Location { segment, offset }, size)?;
-            Ok(Some(Bytes::from(bytes)))
+            Ok(Some(bytes))
         }
         Some((inline, ..)) => Ok(inline.map(Bytes::from)),
         None if load_job(conn, id)?.is_none() => Err(StoreError::NotFound(id)),
@@ -1286,6 +1286,7 @@ fn purge_history(
     )?;
     let mut delete_documents = conn.prepare_cached("DELETE FROM documents WHERE job_id = ?1")?;
     let mut delete_job = conn.prepare_cached("DELETE FROM jobs WHERE id = ?1")?;
+    let purged_any = !doomed.is_empty();
     for id in doomed {
         for key in stored_keys.query_map([id], |row| row.get::<_, String>(0))? {
             keys.push(key?);
@@ -1293,9 +1294,12 @@ fn purge_history(
         delete_documents.execute([id])?;
         delete_job.execute([id])?;
     }
-    // Only finished jobs' rows are gone, so should this transaction not commit, the
-    // documents of a removed segment belong to jobs that are never sent again.
-    log.remove_unreferenced(|segment| segment_referenced(conn, segment))?;
+    // Only a purge frees a segment, so one that removed nothing does not look (it runs for
+    // every queue). Only finished jobs' rows are gone, so should this transaction not
+    // commit, the documents of a removed segment belong to jobs that are never sent again.
+    if purged_any {
+        log.remove_unreferenced(|segment| segment_referenced(conn, segment))?;
+    }
     Ok(keys)
 }
 

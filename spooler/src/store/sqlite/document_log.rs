@@ -22,6 +22,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+
 use super::lock;
 
 /// Documents at least this large go to the log; smaller ones stay in their row (one or two
@@ -209,7 +211,7 @@ impl DocumentLog {
     }
 
     /// Read the record of `size` bytes at `location`, checking that it is whole.
-    pub fn read(&self, location: Location, size: u64) -> std::io::Result<Vec<u8>> {
+    pub fn read(&self, location: Location, size: u64) -> std::io::Result<Bytes> {
         let damaged = |what: &str| {
             Error::new(
                 ErrorKind::InvalidData,
@@ -230,8 +232,10 @@ impl DocumentLog {
                 error
             }
         })?;
-        let body = record.split_off(HEADER_BYTES);
-        if record[..] != header(&body)[..] {
+        // The bytes after the header, without copying them out of the record.
+        let record = Bytes::from(record);
+        let body = record.slice(HEADER_BYTES..);
+        if record[..HEADER_BYTES] != header(&body)[..] {
             return Err(damaged("the record is damaged or is not this document's"));
         }
         Ok(body)
