@@ -293,8 +293,13 @@ impl Moto {
 
 /// The moto venv under the target directory (shared with the spooler's store tests),
 /// created on first use under a name of its own and renamed into place, so concurrent
-/// processes never see half an install.
+/// processes never see half an install. Within a process, one test thread installs while
+/// the others wait (the name is per process, so two threads would build the same one).
 fn moto_venv() -> Result<PathBuf> {
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _creating = CREATING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
