@@ -499,6 +499,13 @@ pub(crate) async fn claim_order(backend: &dyn Backend) {
     create(store.as_ref(), held).await;
 
     let dispatcher = claimer("spooler-0", 3);
+    // A printer serving several queues takes the highest priority of any of them.
+    let both = queues(&["office", "lab"]);
+    let first = store
+        .claim_next(&both, "p2", &dispatcher)
+        .await
+        .expect("claim");
+    assert_eq!(first.map(|job| job.id), Some(elsewhere));
     let office = queues(&["office"]);
     let mut order = Vec::new();
     while let Some(job) = store
@@ -521,12 +528,18 @@ pub(crate) async fn claim_order(backend: &dyn Backend) {
             .expect("claim"),
         None
     );
-    let both = queues(&["office", "lab"]);
-    let lab_job = store
+    // At equal priority, the oldest job of any of its queues.
+    let older = create(store.as_ref(), with_priority("lab", 50)).await;
+    let newer = create(store.as_ref(), with_priority("office", 50)).await;
+    let mut across = Vec::new();
+    while let Some(job) = store
         .claim_next(&both, "p2", &dispatcher)
         .await
-        .expect("claim");
-    assert_eq!(lab_job.map(|job| job.id), Some(elsewhere));
+        .expect("claim")
+    {
+        across.push(job.id);
+    }
+    assert_eq!(across, vec![older, newer]);
 }
 
 pub(crate) async fn concurrent_claims(backend: &dyn Backend) {

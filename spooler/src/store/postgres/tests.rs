@@ -528,3 +528,115 @@ async fn group_quota_is_exact_across_pods() {
         GROUP_LIMIT
     );
 }
+
+/// Claiming from a backlog that arrived in one burst reads a row or two of the jobs table,
+/// not the whole backlog, with the plan PostgreSQL cached while the table was empty (as a
+/// pod's claim statement is first run at start) as well as with a plan made for the
+/// backlog. Before, such a cached plan read and sorted every pending job of the queue per
+/// claim, so dispatch slowed down as the queue grew.
+#[tokio::test]
+async fn a_claim_reads_a_row_or_two_of_a_long_backlog() {
+    const BACKLOG: i32 = 2_000;
+    let ready = format!(
+        "WHERE state = {} AND documents_complete",
+        JobState::Pending.as_i32()
+    );
+    assert!(
+        MIGRATIONS
+            .iter()
+            .any(|migration| migration.contains(&ready)),
+        "the index of jobs ready to claim is not over pending jobs"
+    );
+    let backend = PostgresBackend::new().await;
+    let _migrated = backend.connect().await;
+    let client = raw_client(&backend.dsn).await;
+    let pending = JobState::Pending.as_i32();
+    let execute = format!(
+        "EXECUTE claim({}, 0, 'p1', 'pod-0', 1, '[]', {}, '{{office}}', 's1')",
+        JobState::Processing.as_i32(),
+        i64::MAX
+    );
+    let insert = |jobs: i32| {
+        let client = &client;
+        async move {
+            client
+                .execute(
+                    "INSERT INTO jobs (queue, owner, name, priority, state, reasons, ticket, \
+             documents_complete, created_at) \
+             SELECT 'office', 'alice', 'job', 50, $1, '[]', $2, true, 0 \
+             FROM generate_series(1, $3)",
+                    &[
+                        &pending,
+                        &to_json(&JobTicket::default()).expect("ticket"),
+                        &jobs,
+                    ],
+                )
+                .await
+                .expect("backlog");
+        }
+    };
+    client
+        .batch_execute(
+            "INSERT INTO shard_leaders VALUES ('s1', 'pod-0', 1); \
+             INSERT INTO queue_owners VALUES ('office', 's1');",
+        )
+        .await
+        .expect("lead the shard");
+    insert(3).await;
+    client
+        .batch_execute(&format!("PREPARE claim AS {}", *CLAIM_NEXT))
+        .await
+        .expect("prepare");
+    for _ in 0..8 {
+        client.batch_execute(&execute).await.expect("claim");
+    }
+    insert(BACKLOG).await;
+    for mode in ["auto", "force_generic_plan", "force_custom_plan"] {
+        let plan = client
+            .simple_query(&format!(
+                "SET plan_cache_mode = {mode}; EXPLAIN (ANALYZE, FORMAT TEXT) {execute}"
+            ))
+            .await
+            .expect("explain a claim");
+        let plan: Vec<&str> = plan
+            .iter()
+            .filter_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                _ => None,
+            })
+            .collect();
+        assert_reads_a_row_or_two(mode, &plan);
+    }
+}
+
+/// `plan` (EXPLAIN ANALYZE's text) read at most two rows of any scan of jobs.
+fn assert_reads_a_row_or_two(mode: &str, plan: &[&str]) {
+    // "... on jobs  (cost=... rows=N ...) (actual time=... rows=N loops=M)"
+    let rows_read = |line: &str| -> i64 {
+        let actual = line.split("(actual").nth(1).unwrap_or_default();
+        let number = |key: &str| -> i64 {
+            actual
+                .split(key)
+                .nth(1)
+                .and_then(|rest| rest.split([' ', ')']).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        number("rows=") * number("loops=")
+    };
+    let scans: Vec<&&str> = plan
+        .iter()
+        .filter(|line| line.contains(" on jobs "))
+        .collect();
+    assert!(
+        !scans.is_empty(),
+        "{mode}: no scan of jobs in:\n{}",
+        plan.join("\n")
+    );
+    let most = scans.iter().map(|line| rows_read(line)).max().unwrap_or(0);
+    assert!(
+        (1..=2).contains(&most),
+        "{mode}: a claim read {most} rows of jobs:\n{}",
+        plan.join("\n")
+    );
+}
