@@ -130,12 +130,13 @@ macro_rules! job_columns {
 /// printer's queues, `$9` the leader's shard (NULL standalone).
 ///
 /// Each queue's candidate is the first entry of the `jobs_ready_to_claim` index, whose
-/// predicate the statement repeats word for word: the planner can prove it from the text
-/// alone, so even the plan it caches while the table is still empty reads a row or two per
-/// claim however long the backlog grows (a plan over the other indexes once read and
-/// sorted every pending job of the queue per claim). SKIP LOCKED passes over a job another
-/// dispatcher is claiming right now; the re-check under the row lock keeps a just-claimed
-/// job out. A shard leader's claim holds its `shard_leaders` row FOR SHARE: `lead_shard`
+/// predicate the statement repeats word for word so the planner can use it: a claim then
+/// reads a row or two however long the backlog is. (The old statement, over the other
+/// indexes, read and sorted every pending job of the queue per claim.) Dispatch's
+/// sessions also plan each run anew (see `connect_with`): a plan cached while the table
+/// was still empty went over `jobs_by_queue` even with this index there. SKIP LOCKED
+/// passes over a job another dispatcher is claiming right now; the re-check under the row
+/// lock keeps a just-claimed job out. A shard leader's claim holds its `shard_leaders` row FOR SHARE: `lead_shard`
 /// (which updates the row) waits for claims in flight, and claims after it see the new
 /// epoch and claim nothing.
 static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| {
