@@ -183,11 +183,10 @@ async fn print(uri: &str, submission: usize) -> Result<i32, Refused> {
 
 /// Submits `JOBS` jobs at `RATE` per second, job `i` to pod `i % 3`, or to the next pod
 /// alive when that one does not answer (as a Service would). Records submission -> job-id
-/// of the acknowledged; returns the failures.
-/// Submits `JOBS` at `RATE`, each to the next pod when one does not answer. Returns the
-/// failures, and the submissions sent again after a pod went away during the request:
-/// that pod may have stored the job before it died, so the second Print-Job can make a
-/// second job of the same document (IPP gives a client no way to tell).
+/// of the acknowledged. Returns the failures, and the submissions sent again after a pod
+/// went away during the request: that pod may have stored the job before it died, so the
+/// second Print-Job can make a second job of the same document (IPP gives a client no way
+/// to tell).
 async fn load(
     uris: Vec<String>,
     acked: Arc<Mutex<BTreeMap<usize, i32>>>,

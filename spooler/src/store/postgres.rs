@@ -136,9 +136,9 @@ macro_rules! job_columns {
 /// sessions also plan each run anew (see `connect_with`): a plan cached while the table
 /// was still empty went over `jobs_by_queue` even with this index there. SKIP LOCKED
 /// passes over a job another dispatcher is claiming right now; the re-check under the row
-/// lock keeps a just-claimed job out. A shard leader's claim holds its `shard_leaders` row FOR SHARE: `lead_shard`
-/// (which updates the row) waits for claims in flight, and claims after it see the new
-/// epoch and claim nothing.
+/// lock keeps a just-claimed job out. A shard leader's claim holds its `shard_leaders` row
+/// FOR SHARE: `lead_shard` (which updates the row) waits for claims in flight, and claims
+/// after it see the new epoch and claim nothing.
 static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| {
     format!(
         concat!(
