@@ -21,9 +21,10 @@ use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime,
 };
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
+use self::submissions::{Submission, Submissions, insert_jobs};
 use super::rules::{
     Fence, REASON_INCOMING, REASON_PRINTING, action_name, fence, finished, initial_state, now,
     state_range, user_transition,
@@ -111,17 +112,26 @@ const MIGRATIONS: &[&str] = &[
 /// Serializes migrations of pods starting together (a `pg_advisory_xact_lock` key).
 const MIGRATION_LOCK: i64 = 0x7072_696e_7466_6c74; // "printflt"
 
-/// `SELECT`/`RETURNING` list of every job column, in the order `job_from_row` reads them;
-/// the documents come along as one JSON array, so a job is read in one statement.
-macro_rules! job_columns {
+/// `job_columns!` up to the documents, for a statement that knows them already.
+macro_rules! job_columns_but_documents {
     () => {
         "jobs.id, jobs.queue, jobs.owner, jobs.name, jobs.originating_host, jobs.priority, \
          jobs.state, jobs.reasons, jobs.message, jobs.ticket, jobs.documents_complete, \
          jobs.created_at, jobs.processing_at, jobs.completed_at, jobs.printer, jobs.attempts, \
-         jobs.impressions_completed, jobs.sheets_completed, \
-         (SELECT COALESCE(json_agg(json_build_object('number', d.number, 'format', d.format, \
+         jobs.impressions_completed, jobs.sheets_completed, "
+    };
+}
+
+/// `SELECT`/`RETURNING` list of every job column, in the order `job_from_row` reads them;
+/// the documents come along as one JSON array, so a job is read in one statement.
+macro_rules! job_columns {
+    () => {
+        concat!(
+            job_columns_but_documents!(),
+            "(SELECT COALESCE(json_agg(json_build_object('number', d.number, 'format', d.format, \
                  'name', d.name, 'size', d.size, 'key', d.key) ORDER BY d.number), '[]')::text \
-          FROM documents d WHERE d.job_id = jobs.id) "
+              FROM documents d WHERE d.job_id = jobs.id) "
+        )
     };
 }
 
@@ -132,9 +142,9 @@ macro_rules! job_columns {
 /// Each queue's candidate is the first entry of the `jobs_ready_to_claim` index, whose
 /// predicate the statement repeats word for word so the planner can use it: a claim then
 /// reads a row or two however long the backlog is. (The old statement, over the other
-/// indexes, read and sorted every pending job of the queue per claim.) Dispatch's
-/// sessions also plan each run anew (see `connect_with`): a plan cached while the table
-/// was still empty went over `jobs_by_queue` even with this index there. SKIP LOCKED
+/// indexes, read and sorted every pending job of the queue per claim.) It is planned at
+/// each run, never prepared: a plan cached while the table was still empty went over
+/// `jobs_by_queue` even with this index there. SKIP LOCKED
 /// passes over a job another dispatcher is claiming right now; the re-check under the row
 /// lock keeps a just-claimed job out. A shard leader's claim holds its `shard_leaders` row
 /// FOR SHARE: `lead_shard` (which updates the row) waits for claims in flight, and claims
@@ -243,6 +253,8 @@ pub struct PostgresJobStore {
 /// The store's operations, each without a time limit (the `JobStore` impl adds it).
 struct Database {
     pool: Pool,
+    /// New jobs without a quota to check, inserted several to a statement.
+    submissions: Submissions,
     /// Connections whose commits do not wait for the WAL flush (`synchronous_commit=off`),
     /// for dispatch: claims, outcomes and settlements, and the reads of the jobs it sends,
     /// so a printer never waits behind a flood of submissions for a connection. They survive a
@@ -297,16 +309,18 @@ impl PostgresJobStore {
         };
         // Dispatch's own bookkeeping (claims, outcomes, settlements) commits without
         // waiting for the WAL flush, as the SQLite store does: see `Database::bookkeeping`.
-        // Its statements are planned for the table as it is at each run: a claim's plan
-        // cached while the table was still empty read every pending job of the queue once
-        // a burst arrived (about 10 ms per claim at 8,000 jobs in the cluster bench).
         let mut relaxed = config.clone();
         let mut session_options = relaxed.get_options().unwrap_or_default().to_string();
-        session_options.push_str(" -c synchronous_commit=off -c plan_cache_mode=force_custom_plan");
+        session_options.push_str(" -c synchronous_commit=off");
         relaxed.options(session_options.trim());
+        let submissions_pool = pool(config, options.max_connections)?;
         let store = PostgresJobStore {
             database: Database {
-                pool: pool(config, options.max_connections)?,
+                submissions: Submissions::start(
+                    submissions_pool.clone(),
+                    options.operation_timeout,
+                ),
+                pool: submissions_pool,
                 bookkeeping: pool(relaxed, BOOKKEEPING_CONNECTIONS)?,
             },
             operation_timeout: options.operation_timeout,
@@ -373,26 +387,41 @@ impl Database {
         Ok(())
     }
 
-    async fn create_job(&self, job: &NewJob) -> Result<Job, StoreError> {
-        let mut client = self.client().await?;
+    async fn create_job(&self, job: NewJob) -> Result<Job, StoreError> {
         let (state, reasons) = initial_state(job.held, job.documents_complete);
-        let Some(admission) = &job.admission else {
-            return insert_job(&client, job, state, &reasons, None).await;
+        let admission = match &job.admission {
+            Some(admission) if !admission.quotas.is_empty() => admission,
+            _ => {
+                // Nothing to check: the job and its estimate go with the next batch.
+                let estimate = job
+                    .admission
+                    .as_ref()
+                    .map(|admission| admission.estimate(0, &job.queue, false));
+                let submission = Submission {
+                    job,
+                    state,
+                    reasons,
+                    estimate,
+                };
+                return self.submissions.insert(submission).await;
+            }
         };
-        if admission.quotas.is_empty() {
-            // Nothing to check: the job and its estimate are one statement.
-            let estimate = admission.estimate(0, &job.queue, false);
-            return insert_job(&client, job, state, &reasons, Some(&estimate)).await;
-        }
         // Admission: the quota check, the job and its estimate in one transaction.
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let decision = ledger::decide(&tx, admission).await?;
         let (state, reasons) = admitted(state, reasons, &decision);
         let flagged = matches!(decision, QuotaDecision::AllowAndFlag(_));
-        let estimate = admission.estimate(0, &job.queue, flagged);
-        let created = insert_job(&tx, job, state, &reasons, Some(&estimate)).await?;
+        let estimate = Some(admission.estimate(0, &job.queue, flagged));
+        let submission = Submission {
+            job,
+            state,
+            reasons,
+            estimate,
+        };
+        let created = insert_jobs(&tx, &[&submission]).await?.pop();
         tx.commit().await?;
-        Ok(created)
+        created.ok_or_else(|| StoreError::Internal("the insert returned no job".into()))
     }
 
     async fn add_document(
@@ -535,20 +564,20 @@ impl Database {
     ) -> Result<Option<Job>, StoreError> {
         let client = self.bookkeeping_client().await?;
         let (now_s, now_ms) = now();
-        let statement = client.prepare_cached(&CLAIM_NEXT).await?;
+        // Typed, not prepared: one round trip, and a plan for the table as it is now.
         let row = client
-            .query_opt(
-                &statement,
+            .query_typed_opt(
+                &CLAIM_NEXT,
                 &[
-                    &JobState::Processing.as_i32(),
-                    &now_s,
-                    &printer,
-                    &claimer.id,
-                    &claimer.epoch,
-                    &to_json(&[REASON_PRINTING])?,
-                    &now_ms,
-                    &queues,
-                    &claimer.shard,
+                    (&JobState::Processing.as_i32(), Type::INT4),
+                    (&now_s, Type::INT8),
+                    (&printer, Type::TEXT),
+                    (&claimer.id, Type::TEXT),
+                    (&claimer.epoch, Type::INT8),
+                    (&to_json(&[REASON_PRINTING])?, Type::TEXT),
+                    (&now_ms, Type::INT8),
+                    (&queues, Type::TEXT_ARRAY),
+                    (&claimer.shard, Type::TEXT),
                 ],
             )
             .await?;
@@ -861,77 +890,6 @@ impl Database {
 
 /// Inserts a job with its first document and, when given, its estimate (whose `job` is
 /// replaced by the new job's id): one statement, so one round trip.
-async fn insert_job(
-    client: &impl GenericClient,
-    job: &NewJob,
-    state: JobState,
-    reasons: &[String],
-    estimate: Option<&LedgerEntry>,
-) -> Result<Job, StoreError> {
-    let (now_s, _) = now();
-    let document = job.document.as_ref().map(DocumentRow::new).transpose()?;
-    let document = document.as_ref();
-    let statement = client
-        .prepare_cached(concat!(
-            "WITH jobs AS (
-                INSERT INTO jobs (queue, owner, name, originating_host, priority, state, \
-                 reasons, ticket, documents_complete, created_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *
-             ), document AS (
-                INSERT INTO documents (job_id, number, format, name, size, key, inline)
-                SELECT id, 1, $11, $12, $13, $14, $15 FROM jobs WHERE $11::text IS NOT NULL
-             ), estimate AS (
-                INSERT INTO ledger (job_id, kind, at_ms, queue, printer, user_name, \
-                 user_groups, account, impressions, sheets, color, amount, currency, flagged)
-                SELECT id, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28
-                FROM jobs WHERE $16::text IS NOT NULL
-             )
-             SELECT ",
-            job_columns!(),
-            "FROM jobs"
-        ))
-        .await?;
-    let row = client
-        .query_one(
-            &statement,
-            &[
-                &job.queue,
-                &job.owner,
-                &job.name,
-                &job.originating_host,
-                &job.priority,
-                &state.as_i32(),
-                &to_json(reasons)?,
-                &to_json(&job.ticket)?,
-                &job.documents_complete,
-                &now_s,
-                &document.map(|d| d.format),
-                &document.and_then(|d| d.name),
-                &document.map(|d| d.size),
-                &document.and_then(|d| d.key),
-                &document.and_then(|d| d.inline),
-                &estimate.map(|e| e.kind.keyword()),
-                &estimate.map(|e| e.at_ms),
-                &estimate.map(|e| e.queue.as_str()),
-                &estimate.and_then(|e| e.printer.as_deref()),
-                &estimate.map(|e| e.user.as_str()),
-                &estimate.map(|e| e.groups.as_slice()),
-                &estimate.and_then(|e| e.account.as_deref()),
-                &estimate.map(|e| e.impressions),
-                &estimate.map(|e| e.sheets),
-                &estimate.map(|e| e.color),
-                &estimate.map(|e| e.amount),
-                &estimate.map(|e| e.currency.as_str()),
-                &estimate.map(|e| e.flagged),
-            ],
-        )
-        .await?;
-    // The documents subquery ran before the insert was visible: report the one we know.
-    let mut created = job_from_row(&row)?;
-    created.documents = job.document.iter().map(|d| document_info(1, d)).collect();
-    Ok(created)
-}
-
 /// The state and reasons of a job admission decided on: held over a quota whose action
 /// is hold.
 fn admitted(
@@ -1134,7 +1092,7 @@ fn retryable_code(code: &SqlState) -> bool {
 #[async_trait]
 impl JobStore for PostgresJobStore {
     async fn create_job(&self, job: NewJob) -> Result<Job, StoreError> {
-        self.bounded(self.database.create_job(&job)).await
+        self.bounded(self.database.create_job(job)).await
     }
 
     async fn add_document(
@@ -1304,5 +1262,6 @@ impl JobStore for PostgresJobStore {
 }
 
 mod ledger;
+mod submissions;
 #[cfg(test)]
 mod tests;

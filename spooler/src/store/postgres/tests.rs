@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -227,6 +227,87 @@ async fn pods_claim_each_job_once() {
 /// A takeover while the old leader is claiming as fast as it can: every job the old
 /// leader claimed is either handed back by the takeover or was claimed before it, and none
 /// after it; nothing is left processing under the old epoch.
+/// Submits `jobs` at once to `store`, job `n` owned by `u<n>` and named by `name(n)`.
+async fn submit_together(
+    store: &Arc<PostgresJobStore>,
+    jobs: usize,
+    name: impl Fn(usize) -> String,
+) -> Vec<Result<Job, StoreError>> {
+    let creates = (0..jobs).map(|n| {
+        let store = store.clone();
+        let mut job = new_job("office", &format!("u{n}"));
+        job.name = name(n);
+        tokio::spawn(async move { store.create_job(job).await })
+    });
+    futures_util::future::join_all(creates)
+        .await
+        .into_iter()
+        .map(|create| create.expect("task"))
+        .collect()
+}
+
+/// The owner of each stored job by id, and how many transactions wrote them.
+async fn stored_owners(dsn: &str) -> (HashMap<JobId, String>, usize) {
+    let client = raw_client(dsn).await;
+    let rows = client
+        .query("SELECT id, owner, xmin::text FROM jobs", &[])
+        .await
+        .expect("jobs");
+    let transactions: HashSet<String> = rows.iter().map(|row| row.get(2)).collect();
+    let owners = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    (owners, transactions.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submissions_arriving_together_share_a_statement() {
+    const JOBS: usize = 300;
+    let backend = PostgresBackend::new().await;
+    let store = Arc::new(backend.connect().await);
+    let created = submit_together(&store, JOBS, |_| "job".into()).await;
+    let (owners, transactions) = stored_owners(&backend.dsn).await;
+    assert_eq!(owners.len(), JOBS);
+    for job in created {
+        let job = job.expect("create");
+        assert_eq!(
+            owners.get(&job.id),
+            Some(&job.owner),
+            "job {} answered as stored",
+            job.id
+        );
+    }
+    assert!(
+        transactions < JOBS / 2,
+        "{JOBS} submissions took {transactions} transactions: not batched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submission_the_database_refuses_fails_alone() {
+    const JOBS: usize = 200;
+    const BAD: usize = 100;
+    let backend = PostgresBackend::new().await;
+    let store = Arc::new(backend.connect().await);
+    // PostgreSQL text cannot hold a NUL: the server refuses that one job's row.
+    let created = submit_together(&store, JOBS, |n| {
+        if n == BAD {
+            "bad\0name".into()
+        } else {
+            "job".into()
+        }
+    })
+    .await;
+    let (owners, transactions) = stored_owners(&backend.dsn).await;
+    for (n, job) in created.iter().enumerate() {
+        match job {
+            Ok(_) => assert_ne!(n, BAD, "the NUL name was stored"),
+            Err(error) => assert_eq!(n, BAD, "submission {n} failed: {error}"),
+        }
+    }
+    assert_eq!(owners.len(), JOBS - 1);
+    assert!(!owners.values().any(|owner| owner == &format!("u{BAD}")));
+    assert!(transactions < JOBS - 1, "the submissions were batched");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_takeover_during_claims_leaves_no_job_to_the_old_leader() {
     const JOBS: usize = 1500;
