@@ -308,6 +308,50 @@ async fn a_submission_the_database_refuses_fails_alone() {
     assert!(transactions < JOBS - 1, "the submissions were batched");
 }
 
+#[tokio::test]
+async fn purging_jobs_removes_their_documents_rows() {
+    let backend = PostgresBackend::new().await;
+    let store = backend.connect().await;
+    let mut purged = Vec::new();
+    for owner in ["alice", "bob"] {
+        let mut job = new_job("office", owner);
+        job.document = Some(NewDocument {
+            format: "application/pdf".into(),
+            name: None,
+            size: 9,
+            body: DocumentBody::Inline(Bytes::from_static(b"%PDF-1.7\n")),
+        });
+        let id = store.create_job(job).await.expect("create").id;
+        store.apply(id, UserAction::Cancel).await.expect("cancel");
+        purged.push(id);
+    }
+    let kept = store
+        .create_job(new_job("office", "carol"))
+        .await
+        .expect("create")
+        .id;
+    store.purge_history("office", 0, 0).await.expect("purge");
+    let client = raw_client(&backend.dsn).await;
+    let left: Vec<JobId> = client
+        .query("SELECT job_id FROM documents", &[])
+        .await
+        .expect("documents")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        left.iter().all(|id| !purged.contains(id)),
+        "documents of purged jobs {purged:?} left: {left:?}"
+    );
+    for id in purged {
+        assert!(matches!(
+            store.inline_document(id, 1).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+    assert!(store.job(kept).await.expect("job").is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_takeover_during_claims_leaves_no_job_to_the_old_leader() {
     const JOBS: usize = 1500;
