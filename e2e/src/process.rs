@@ -1,7 +1,6 @@
 //! Child processes that die with their guard, free ports, tools and waiting.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -72,22 +71,12 @@ impl Tool {
     }
 }
 
+pub use printfleet_testservers::{port_open, wait_until};
+
 /// A port on 127.0.0.1 that was free a moment ago (the OS picks it, so parallel tests do
 /// not collide).
 pub fn free_port() -> Result<u16> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("binding a free port"))?;
-    let port = listener
-        .local_addr()
-        .map_err(HarnessError::io("reading a bound port"))?
-        .port();
-    Ok(port)
-}
-
-/// Whether something accepts TCP connections on 127.0.0.1:`port`.
-pub fn port_open(port: u16) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    printfleet_testservers::free_port().map_err(HarnessError::io("binding a free port"))
 }
 
 /// For tests on a tokio runtime: polls `check` every 20 ms until it gives a value, and
@@ -100,20 +89,6 @@ pub async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() 
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls `ready` every 50 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if ready() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -715,7 +715,7 @@ async fn a_queue_moved_between_shards_is_dispatched_by_one_shard_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_restarting_under_load_loses_nothing_and_charges_each_job_once() {
     const SUBMISSIONS: usize = 300;
-    let mut cluster = start_shard().await;
+    let cluster = start_shard().await;
     let sink = RawSink::start(4096).await.expect("sink");
     let config = config_yaml(&[
         printer_yaml("raw", &sink.uri()),
@@ -826,7 +826,7 @@ async fn postgres_restarting_under_load_loses_nothing_and_charges_each_job_once(
         .arg(pods[1].config_path())
         .arg("--state-dir")
         .arg(pods[1].state_dir())
-        .env("PRINTFLEET_STORE_DSN", cluster.postgres.dsn())
+        .env("PRINTFLEET_STORE_DSN", cluster.postgres.dsn("postgres"))
         .output()
         .expect("run the report command");
     assert!(

@@ -403,7 +403,10 @@ async fn bench_cluster(load: Load) -> anyhow::Result<(Figures, ClusterExtras)> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pod_pids: Vec<u32> = pods.iter().filter_map(|(_, pod)| pod.pid()).collect();
-    let store_pids = [shard.postgres.pid(), shard.moto.pid()];
+    let store_pids: Vec<u32> = [shard.postgres.pid(), Some(shard.moto.pid())]
+        .into_iter()
+        .flatten()
+        .collect();
     let (pods_before, stores_before) = (cpu_of(&pod_pids), cpu_of(&store_pids));
     let uris: Vec<String> = pods.iter().map(|(_, pod)| pod.queue_uri("bench")).collect();
     let run = generate(&uris, load).await?;

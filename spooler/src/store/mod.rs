@@ -36,8 +36,6 @@ pub mod postgres;
 mod rules;
 pub mod spool;
 pub mod sqlite;
-#[cfg(test)]
-pub(crate) mod test_servers;
 
 pub use documents::{DocumentStore, DocumentWriter, LocalDocumentStore};
 pub use object::{ObjectDocumentStore, S3Credentials, S3Settings};

@@ -5,8 +5,7 @@ use futures_util::StreamExt;
 use tempfile::TempDir;
 
 use super::*;
-use crate::store::test_servers::free_port;
-use crate::store::test_servers::moto::MotoServer;
+use printfleet_testservers::{MotoServer, free_port};
 
 /// A bucket of its own on the moto server shared by this process's tests, reached with
 /// credentials from a Secret-like directory.
@@ -29,11 +28,14 @@ fn secret_dir(token: Option<&str>) -> TempDir {
 
 impl Bucket {
     async fn new(prefix: &str) -> Bucket {
-        let server = tokio::task::spawn_blocking(MotoServer::shared)
-            .await
-            .expect("server task")
-            .expect("start moto");
-        let bucket = server.create_bucket().await.expect("create a bucket");
+        let (server, bucket) = tokio::task::spawn_blocking(|| {
+            let server = MotoServer::shared()?;
+            let bucket = server.new_bucket()?;
+            std::io::Result::Ok((server, bucket))
+        })
+        .await
+        .expect("server task")
+        .expect("a bucket on moto");
         let secret = secret_dir(None);
         let settings = S3Settings {
             endpoint: Some(server.endpoint()),

@@ -8,8 +8,7 @@ use tokio::sync::Mutex;
 
 use super::*;
 use crate::store::contract::{Backend, job_store_contract};
-use crate::store::test_servers::free_port;
-use crate::store::test_servers::postgres::PostgresServer;
+use printfleet_testservers::{PostgresServer, free_port};
 
 /// A database of its own on the PostgreSQL server shared by this process's tests.
 struct PostgresBackend {
@@ -19,11 +18,14 @@ struct PostgresBackend {
 
 impl PostgresBackend {
     async fn new() -> Self {
-        let server = tokio::task::spawn_blocking(PostgresServer::shared)
-            .await
-            .expect("server task")
-            .expect("start PostgreSQL");
-        let dsn = server.create_database().await.expect("create a database");
+        let (server, dsn) = tokio::task::spawn_blocking(|| {
+            let server = PostgresServer::shared()?;
+            let dsn = server.create_database()?;
+            std::io::Result::Ok((server, dsn))
+        })
+        .await
+        .expect("server task")
+        .expect("a database on PostgreSQL");
         PostgresBackend {
             _server: server,
             dsn,
@@ -467,12 +469,14 @@ struct Submissions {
 /// store; every acknowledged job is still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_is_unavailable_meanwhile_and_loses_nothing() {
-    let server = tokio::task::spawn_blocking(PostgresServer::start)
-        .await
-        .expect("server task")
-        .expect("start PostgreSQL");
-    let server = Arc::new(server);
-    let dsn = server.create_database().await.expect("database");
+    let (server, dsn) = tokio::task::spawn_blocking(|| {
+        let server = PostgresServer::start()?;
+        let dsn = server.create_database()?;
+        std::io::Result::Ok((Arc::new(server), dsn))
+    })
+    .await
+    .expect("server task")
+    .expect("a database on PostgreSQL");
     let options = PostgresOptions {
         operation_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(1),

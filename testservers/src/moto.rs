@@ -1,7 +1,8 @@
-//! An S3-protocol server for tests: moto (`pip install 'moto[server]'`), installed once
-//! into a venv under the target directory and started on a free 127.0.0.1 port.
+//! An S3-protocol server: moto (`pip install 'moto[server]'`), installed once into a venv
+//! under the target directory and started on a free 127.0.0.1 port.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,27 +11,30 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{ChildGuard, Shared, failure, free_port, port_open, run, target_dir, wait_until};
+use crate::process::{
+    ChildGuard, Shared, failure, free_port, port_open, run, target_dir, wait_until,
+};
 
 /// How long a starting moto may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub(crate) struct MotoServer {
+pub struct MotoServer {
     // Fields drop in order: the server stops before its log directory goes.
-    _process: ChildGuard,
-    _dir: TempDir,
+    process: ChildGuard,
+    dir: TempDir,
     port: u16,
     buckets: AtomicU32,
 }
 
 impl MotoServer {
     /// The server shared by this process's tests (each takes its own bucket).
-    pub(crate) fn shared() -> io::Result<Arc<MotoServer>> {
+    pub fn shared() -> io::Result<Arc<MotoServer>> {
         static SHARED: Shared<MotoServer> = Shared::new();
         SHARED.acquire(MotoServer::start)
     }
 
-    fn start() -> io::Result<MotoServer> {
+    /// A server of one's own.
+    pub fn start() -> io::Result<MotoServer> {
         let python = venv()?.join("bin").join("python");
         let dir = tempfile::Builder::new()
             .prefix("printfleet-moto-")
@@ -54,41 +58,69 @@ impl MotoServer {
             ));
         }
         Ok(MotoServer {
-            _process: process,
-            _dir: dir,
+            process,
+            dir,
             port,
             buckets: AtomicU32::new(0),
         })
     }
 
     /// The S3 endpoint URL.
-    pub(crate) fn endpoint(&self) -> String {
+    pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Create a bucket no other test uses; returns its name. Moto takes unsigned bucket
-    /// creation; everything after goes through the signed client under test.
-    pub(crate) async fn create_bucket(&self) -> io::Result<String> {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
+    }
+
+    /// Create a bucket no other test uses; returns its name.
+    pub fn new_bucket(&self) -> io::Result<String> {
         let name = format!(
             "test-{}-{}",
             std::process::id(),
             self.buckets.fetch_add(1, Ordering::Relaxed)
         );
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        self.create_bucket(&name)?;
+        Ok(name)
+    }
+
+    /// Create bucket `name`. Moto takes unsigned bucket creation; everything after goes
+    /// through the signed client under test.
+    pub fn create_bucket(&self, name: &str) -> io::Result<()> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
         let request = format!(
             "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
         );
-        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await?;
+        stream.write_all(request.as_bytes())?;
         let mut response = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut response).await?;
-        if !response.starts_with("HTTP/1.1 200") {
-            return Err(io::Error::other(format!(
+        stream.read_to_string(&mut response)?;
+        if response.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
                 "creating bucket {name}: {}",
                 response.lines().next().unwrap_or("no answer")
-            )));
+            )))
         }
-        Ok(name)
+    }
+
+    /// Writes a mounted-Secret-like directory of access keys (moto takes any).
+    pub fn write_credentials(&self, dir: &Path) -> io::Result<()> {
+        for (name, value) in [
+            ("AWS_ACCESS_KEY_ID", "printfleet-test"),
+            ("AWS_SECRET_ACCESS_KEY", "printfleet-test-secret"),
+        ] {
+            std::fs::write(dir.join(name), format!("{value}\n"))?;
+        }
+        Ok(())
     }
 }
 

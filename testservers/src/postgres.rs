@@ -1,6 +1,6 @@
-//! A PostgreSQL cluster for tests: `initdb` in a temporary directory, `postgres` on a free
-//! 127.0.0.1 port with its socket in that directory, stopped and removed with the guard.
-//! The binaries come from Debian's `postgresql-15` (`/usr/lib/postgresql/15/bin`).
+//! A PostgreSQL cluster: `initdb` in a temporary directory, `postgres` on a free 127.0.0.1
+//! port with its socket in that directory, stopped and removed with the guard. The
+//! binaries come from Debian's `postgresql-15` (`/usr/lib/postgresql/15/bin`).
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -13,14 +13,17 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{ChildGuard, Shared, failure, free_port, run, wait_until};
+use crate::process::{ChildGuard, Shared, failure, free_port, run, wait_until};
 
 /// How long a starting server may take to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub(crate) struct PostgresServer {
+pub struct PostgresServer {
     // Fields drop in order: the server stops before its directory goes.
     process: Mutex<Option<ChildGuard>>,
+    /// Whether commits wait for the disk, as in production (for benchmarks); tests do
+    /// without (their data need not survive a power loss).
+    fsync: bool,
     dir: TempDir,
     bin: PathBuf,
     /// The `postgres` user's uid and gid when the tests run as root (which the server
@@ -32,13 +35,22 @@ pub(crate) struct PostgresServer {
 
 impl PostgresServer {
     /// The server shared by this process's tests (each takes its own database).
-    pub(crate) fn shared() -> io::Result<Arc<PostgresServer>> {
+    pub fn shared() -> io::Result<Arc<PostgresServer>> {
         static SHARED: Shared<PostgresServer> = Shared::new();
         SHARED.acquire(PostgresServer::start)
     }
 
-    /// A server of one's own (for tests that stop and restart it).
-    pub(crate) fn start() -> io::Result<PostgresServer> {
+    /// A server of one's own for tests, without fsync.
+    pub fn start() -> io::Result<PostgresServer> {
+        PostgresServer::launch(false)
+    }
+
+    /// A server of one's own that fsyncs its commits, as in production: for benchmarks.
+    pub fn start_durable() -> io::Result<PostgresServer> {
+        PostgresServer::launch(true)
+    }
+
+    fn launch(fsync: bool) -> io::Result<PostgresServer> {
         let bin = binaries()?;
         let dir = tempfile::Builder::new()
             .prefix("printfleet-postgres-")
@@ -52,6 +64,7 @@ impl PostgresServer {
         };
         let server = PostgresServer {
             process: Mutex::new(None),
+            fsync,
             port: free_port()?,
             dir,
             bin,
@@ -67,8 +80,8 @@ impl PostgresServer {
         Ok(server)
     }
 
-    /// A libpq connection string for `database`.
-    pub(crate) fn dsn(&self, database: &str) -> String {
+    /// A libpq connection string for `database` (`postgres` always exists).
+    pub fn dsn(&self, database: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user=postgres dbname={database}",
             self.port
@@ -76,43 +89,68 @@ impl PostgresServer {
     }
 
     /// Create a database no other test uses; returns its DSN.
-    pub(crate) async fn create_database(&self) -> io::Result<String> {
+    pub fn create_database(&self) -> io::Result<String> {
         let name = format!(
             "test_{}_{}",
             std::process::id(),
             self.databases.fetch_add(1, Ordering::Relaxed)
         );
-        let (client, connection) =
-            tokio_postgres::connect(&self.dsn("postgres"), tokio_postgres::NoTls)
-                .await
-                .map_err(io::Error::other)?;
-        let connection = tokio::spawn(connection);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .map_err(io::Error::other)?;
-        drop(client);
-        let _ = connection.await;
+        let mut createdb = self.command("createdb");
+        createdb.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+        ]);
+        createdb.arg(&name);
+        let log = self.dir.path().join(format!("createdb-{name}.log"));
+        run(createdb, "createdb", &log)?;
         Ok(self.dsn(&name))
     }
 
     /// Kill the server as a crash would (immediate shutdown: no checkpoint, recovery from
     /// the WAL at the next start).
-    pub(crate) fn crash(&self) -> io::Result<()> {
+    pub fn crash(&self) -> io::Result<()> {
+        self.stop("immediate")
+    }
+
+    /// Stop the server as an administrator does (fast shutdown: clients are disconnected,
+    /// everything committed is on disk), and start it again on the same port and data
+    /// after `down`.
+    pub fn restart(&self, down: Duration) -> io::Result<()> {
+        self.stop("fast")?;
+        std::thread::sleep(down);
+        self.resume()
+    }
+
+    /// `pg_ctl stop` in `mode`; returns once the server has exited.
+    fn stop(&self, mode: &str) -> io::Result<()> {
         let Some(process) = self.process().take() else {
             return Ok(());
         };
         let mut stop = self.command("pg_ctl");
-        stop.args(["stop", "-m", "immediate", "-w", "-D"]);
+        stop.args(["stop", "-m", mode, "-w", "-D"]);
         stop.arg(self.data());
         let stopped = run(stop, "pg_ctl stop", &self.dir.path().join("pg_ctl.log"));
         process.wait_or_kill(Duration::from_secs(10));
         stopped
     }
 
+    /// The postmaster's process id (its backends are its children) while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process().as_ref().map(ChildGuard::id)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
     /// Start the server (again) on its data directory and port; returns once it accepts
     /// connections.
-    pub(crate) fn resume(&self) -> io::Result<()> {
+    pub fn resume(&self) -> io::Result<()> {
         let mut process = self.process();
         if process.is_some() {
             return Ok(());
@@ -128,6 +166,9 @@ impl PostgresServer {
             "-c",
             "max_connections=300",
         ]);
+        if !self.fsync {
+            postgres.args(["-c", "fsync=off"]);
+        }
         let mut child = ChildGuard::spawn(postgres, "postgres", &log)?;
         let ready = wait_until(START_TIMEOUT, || {
             !child.exited() && {
@@ -170,7 +211,7 @@ impl PostgresServer {
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         if let Err(error) = self.crash() {
-            eprintln!("stopping the test PostgreSQL: {error}");
+            eprintln!("stopping PostgreSQL: {error}");
         }
     }
 }

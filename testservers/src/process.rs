@@ -1,6 +1,5 @@
-//! Real servers for the store tests: a PostgreSQL cluster and an S3-protocol server (moto),
-//! each started on a free 127.0.0.1 port in a temporary directory and stopped with its
-//! guard.
+//! What the servers have in common: free ports, child processes that die with their guard,
+//! waiting, and one server shared by a test process's concurrent tests.
 
 use std::fs::File;
 use std::io;
@@ -10,23 +9,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-pub(crate) mod moto;
-pub(crate) mod postgres;
-
 /// A port on 127.0.0.1 that was free a moment ago (the OS picks it, so parallel tests do
 /// not collide).
-pub(crate) fn free_port() -> io::Result<u16> {
+pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
-pub(crate) fn port_open(port: u16) -> bool {
+pub fn port_open(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }
 
 /// Polls `ready` every 50 ms until it holds or `timeout` passes.
-pub(crate) fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if ready() {
@@ -86,6 +82,11 @@ impl ChildGuard {
         Ok(ChildGuard { child })
     }
 
+    /// The process id.
+    pub(crate) fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process has exited.
     pub(crate) fn exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
@@ -134,15 +135,16 @@ impl<T> Shared<T> {
     }
 }
 
-/// The workspace's target directory (where the moto venv is kept between runs): the test
-/// binary lives in `<target>/<profile>/deps/`.
+/// The target directory the running test or bench was built in (where the moto venv is
+/// kept between runs): `CARGO_TARGET_DIR` when set, else the nearest directory above the
+/// executable that holds cargo's `CACHEDIR.TAG`.
 pub(crate) fn target_dir() -> io::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         return Ok(PathBuf::from(dir));
     }
     let exe = std::env::current_exe()?;
     exe.ancestors()
-        .nth(3)
+        .find(|dir| dir.join("CACHEDIR.TAG").is_file())
         .map(Path::to_path_buf)
         .ok_or_else(|| io::Error::other(format!("no target dir above {}", exe.display())))
 }
