@@ -43,6 +43,14 @@ fn build_spooler() -> Result<PathBuf> {
         "--bin",
         "printfleet-spooler",
     ]);
+    // Cargo gives a program it runs (a test, `cargo run`) variables describing that
+    // program's package. Some build scripts (ring's) rerun when those change, so passing
+    // them on would rebuild half the dependency tree here and again at the next plain build.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(describes_the_running_package) {
+            command.env_remove(name);
+        }
+    }
     let profile = if cfg!(debug_assertions) {
         "debug"
     } else {
@@ -64,6 +72,16 @@ fn build_spooler() -> Result<PathBuf> {
             binary.display()
         )))
     }
+}
+
+/// Whether `variable` is one that Cargo sets for the program it runs, about that program.
+fn describes_the_running_package(variable: &str) -> bool {
+    variable.starts_with("CARGO_PKG_")
+        || variable.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            variable,
+            "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
+        )
 }
 
 /// Status and body of a plain `GET path` on 127.0.0.1:`port`, or `None` when nothing
