@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -158,6 +158,8 @@ pub struct SqliteJobStore {
     commits: Arc<AtomicU64>,
     /// Larger inline documents (see `document_log`).
     documents: Arc<DocumentLog>,
+    /// Set by the syncer at the first fsync that fails (see `run_syncer`).
+    sync_failure: Arc<OnceLock<String>>,
 }
 
 impl SqliteJobStore {
@@ -185,9 +187,11 @@ impl SqliteJobStore {
         let mut log = path.as_os_str().to_owned();
         log.push("-wal");
         let log = PathBuf::from(log);
+        let sync_failure = Arc::new(OnceLock::new());
+        let syncer_failure = sync_failure.clone();
         let syncer_thread = std::thread::Builder::new()
             .name("sqlite-syncer".into())
-            .spawn(move || run_syncer(&log, committed))
+            .spawn(move || run_syncer(&log, committed, &syncer_failure))
             .map_err(|e| StoreError::Internal(format!("cannot start the syncer thread: {e}")))?;
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -212,6 +216,7 @@ impl SqliteJobStore {
             }),
             commits,
             documents,
+            sync_failure,
         })
     }
 
@@ -623,12 +628,22 @@ impl Writer {
 
 /// Fsyncs the log for every group of committed requests waiting (one fsync for all of
 /// them), then answers them. An fsync that fails leaves their durability unknown: each
-/// caller hears an error, never success.
-fn run_syncer(log: &Path, committed: mpsc::Receiver<Committed>) {
+/// caller hears an error, never success. Nor does anyone after them: the kernel may have
+/// dropped the pages it could not write and report the next fsync clean, and recovery
+/// stops at the first damaged frame of the log, taking later commits with it. So the
+/// first failure is kept in `failure` and answers every later request until the spooler
+/// restarts and recovers from what is on disk (as PostgreSQL does after a failed fsync).
+fn run_syncer(log: &Path, committed: mpsc::Receiver<Committed>, failure: &OnceLock<String>) {
     while let Ok(mut waiting) = committed.recv() {
         for more in committed.try_iter() {
             waiting.requests.extend(more.requests);
             waiting.documents.extend(more.documents);
+        }
+        if let Some(failure) = failure.get() {
+            for request in waiting.requests {
+                request.answer(Err(StoreError::Unavailable(failure.clone())));
+            }
+            continue;
         }
         waiting
             .documents
@@ -657,14 +672,19 @@ fn run_syncer(log: &Path, committed: mpsc::Receiver<Committed>) {
             })
         };
         if let Err(error) = &synced {
-            tracing::error!(%error, log = %log.display(), "cannot fsync the job store's log");
+            tracing::error!(
+                %error,
+                log = %log.display(),
+                "cannot fsync the job store's log; no write is acknowledged until a restart"
+            );
+            let _ = failure.set(format!(
+                "cannot fsync the job store's log ({error}); the spooler must restart"
+            ));
         }
         for request in waiting.requests {
-            request.answer(match &synced {
-                Ok(()) => Ok(()),
-                Err(error) => Err(StoreError::Unavailable(format!(
-                    "cannot fsync the job store's log: {error}"
-                ))),
+            request.answer(match failure.get() {
+                None => Ok(()),
+                Some(failure) => Err(StoreError::Unavailable(failure.clone())),
             });
         }
     }
@@ -1484,6 +1504,10 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn queue_depths(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        // Asked by `/readyz`: a store that can no longer make writes durable is not ready.
+        if let Some(failure) = self.sync_failure.get() {
+            return Err(StoreError::Unavailable(failure.clone()));
+        }
         self.read(|conn| {
             let depths = conn
                 .prepare_cached(
@@ -1924,7 +1948,7 @@ mod tests {
                 })
                 .expect("send");
             drop(committed);
-            run_syncer(&path, waiting);
+            run_syncer(&path, waiting, &OnceLock::new());
             let answer = answer.await.expect("answered");
             assert_eq!(answer.is_ok(), synced, "{path:?}: {answer:?}");
             if !synced {
@@ -1934,6 +1958,32 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// After an fsync of the log fails, no write is acknowledged, even once fsyncs succeed
+    /// again, and the store is not ready. The log's path vanishing makes the syncer's fsync
+    /// fail; a new file at that path then lets fsyncs succeed, of a file that is not the log.
+    #[tokio::test]
+    async fn after_a_failed_fsync_nothing_is_acknowledged_until_a_restart() {
+        let backend = SqliteBackend::new();
+        let store = SqliteJobStore::open(&backend.path()).expect("open");
+        store.create_job(new_job("before")).await.expect("create");
+        store.queue_depths().await.expect("ready");
+        let mut log = backend.path().into_os_string();
+        log.push("-wal");
+        std::fs::remove_file(&log).expect("remove the log's name");
+        for attempt in ["fsync fails", "fsync of another file succeeds"] {
+            let refused = store.create_job(new_job("after")).await;
+            assert!(
+                matches!(&refused, Err(StoreError::Unavailable(message)) if message.contains("fsync")),
+                "{attempt}: {refused:?}"
+            );
+            std::fs::write(&log, b"").expect("a file where the log was");
+        }
+        assert!(
+            matches!(store.queue_depths().await, Err(StoreError::Unavailable(_))),
+            "ready after a failed fsync"
+        );
     }
 
     #[test]
