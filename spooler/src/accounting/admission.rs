@@ -23,66 +23,45 @@ use crate::job::JobTicket;
 /// nothing either, this estimate is what the job costs — never zero.
 pub const UNCOUNTABLE_DOCUMENT_PAGES: u32 = 1;
 
-/// An `AccountingPolicy`, parsed.
+/// An `AccountingPolicy`, parsed once when the configuration loads.
 #[derive(Debug)]
 pub struct Policy {
+    pub spec: AccountingPolicySpec,
     pub prices: PriceList,
     pub quotas: QuotaRules,
-    pub billing_codes: BillingCodes,
-    pub privacy: PrivacyMode,
 }
 
 impl Policy {
-    pub fn parse(spec: &AccountingPolicySpec) -> Result<Policy, PolicyError> {
+    pub fn parse(spec: AccountingPolicySpec) -> Result<Policy, PolicyError> {
         Ok(Policy {
-            prices: PriceList::from_policy(spec)?,
-            quotas: QuotaRules::from_policy(spec)?,
-            billing_codes: spec.billing_codes.clone(),
-            privacy: spec.privacy,
+            prices: PriceList::from_policy(&spec)?,
+            quotas: QuotaRules::from_policy(&spec)?,
+            spec,
         })
     }
 }
 
-/// Parsed policies by name, with the spec each was parsed from.
-type PolicyCache = HashMap<String, (AccountingPolicySpec, Arc<Policy>)>;
-
-/// Re-parsed only when the spec changes (configuration reloads).
-static POLICIES: LazyLock<Mutex<PolicyCache>> = LazyLock::new(Default::default);
+/// Policies parsed from equal specs are equal: a reload that changes no spec changes nothing.
+impl PartialEq for Policy {
+    fn eq(&self, other: &Policy) -> bool {
+        self.spec == other.spec
+    }
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the map consistent, even if it panicked.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The parsed policy of `queue`; `None` when the queue has none (or does not exist).
-pub fn policy_of_queue(config: &Config, queue: &str) -> Result<Option<Arc<Policy>>, PolicyError> {
-    let Some(name) = config
-        .queues
-        .get(queue)
-        .and_then(|queue| queue.accounting_policy.as_ref())
-    else {
-        return Ok(None);
-    };
-    let Some(spec) = config.policies.get(name) else {
-        return Ok(None);
-    };
-    let mut policies = lock(&POLICIES);
-    if let Some((cached, policy)) = policies.get(name)
-        && cached == spec
-    {
-        return Ok(Some(policy.clone()));
-    }
-    let policy = Arc::new(Policy::parse(spec)?);
-    policies.insert(name.clone(), (spec.clone(), policy.clone()));
-    Ok(Some(policy))
+/// The policy of `queue`; `None` when the queue has none (or does not exist).
+pub fn policy_of_queue(config: &Config, queue: &str) -> Option<Arc<Policy>> {
+    let name = config.queues.get(queue)?.accounting_policy.as_ref()?;
+    config.policies.get(name).cloned()
 }
 
 /// The privacy mode of `queue`'s policy; a queue without one gets the CRD's default.
 pub fn privacy_of_queue(config: &Config, queue: &str) -> PrivacyMode {
-    match policy_of_queue(config, queue) {
-        Ok(Some(policy)) => policy.privacy,
-        _ => PrivacyMode::default(),
-    }
+    policy_of_queue(config, queue).map_or_else(PrivacyMode::default, |policy| policy.spec.privacy)
 }
 
 /// Salts by state directory, fetched once per process.
@@ -228,7 +207,8 @@ mod tests {
 
     fn config(mono: &str) -> Config {
         let mut config = Config::default();
-        config.policies.insert("p".into(), policy_spec(mono));
+        let policy = Policy::parse(policy_spec(mono)).expect("valid");
+        config.policies.insert("p".into(), Arc::new(policy));
         config.queues.insert(
             "office".into(),
             PrintQueueSpec {
@@ -263,13 +243,9 @@ mod tests {
     }
 
     #[test]
-    fn policies_are_reparsed_when_they_change() {
-        let cheap = policy_of_queue(&config("0.05"), "office")
-            .expect("valid")
-            .expect("policy");
-        let dear = policy_of_queue(&config("0.50"), "office")
-            .expect("valid")
-            .expect("policy");
+    fn each_configuration_prices_with_its_own_policy() {
+        let cheap = policy_of_queue(&config("0.05"), "office").expect("policy");
+        let dear = policy_of_queue(&config("0.50"), "office").expect("policy");
         let one_page = Usage {
             impressions: 1,
             sheets: 1,
@@ -278,11 +254,7 @@ mod tests {
         };
         assert_eq!(cheap.prices.price(&one_page, None).minor, 15);
         assert_eq!(dear.prices.price(&one_page, None).minor, 60);
-        assert!(
-            policy_of_queue(&config("0.05"), "free")
-                .expect("valid")
-                .is_none()
-        );
+        assert!(policy_of_queue(&config("0.05"), "free").is_none());
     }
 
     #[test]
@@ -318,7 +290,7 @@ mod tests {
         };
         let usage = job_usage(&[3, 2], &ticket);
         assert_eq!((usage.impressions, usage.sheets), (10, 10));
-        let policy = Policy::parse(&policy_spec("0.05")).expect("valid");
+        let policy = Policy::parse(policy_spec("0.05")).expect("valid");
         let at: Timestamp = "2025-06-01T12:00:00Z".parse().expect("time");
         let admitted = admission(Some(&policy), "alice", &[], &ticket, usage, at);
         assert_eq!(admitted.price.minor, 60);

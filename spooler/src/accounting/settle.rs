@@ -30,16 +30,8 @@ pub async fn settle(app: &App, job: &Job) -> Result<(), StoreError> {
         return Ok(());
     };
     let config = app.config();
-    let prices = match policy_of_queue(&config, &job.queue) {
-        Ok(Some(policy)) => policy.prices.clone(),
-        Ok(None) => PriceList::free(),
-        Err(error) => {
-            // The configuration was validated when loaded; keep the estimate rather than
-            // guess a price.
-            tracing::error!(%error, job = job.id, "the queue's policy cannot be parsed");
-            PriceList::free()
-        }
-    };
+    let prices = policy_of_queue(&config, &job.queue)
+        .map_or_else(PriceList::free, |policy| policy.prices.clone());
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let settlement = ledger::settlement(estimate, job, &prices, now_ms);
     if app.store.record_settlement(settlement.clone()).await? {

@@ -8,9 +8,13 @@ mod watcher;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use printfleet_crds::validate::{self, FieldError};
-use printfleet_crds::{AccountingPolicySpec, PrintQueueSpec, PrinterSpec};
+use printfleet_crds::{PrintQueueSpec, PrinterSpec};
+
+use crate::accounting::admission::Policy;
+use crate::accounting::pricing::PolicyError;
 
 pub use watcher::{POLL_INTERVAL, watch, watch_every};
 
@@ -19,7 +23,8 @@ pub use watcher::{POLL_INTERVAL, watch, watch_every};
 pub struct Config {
     pub printers: BTreeMap<String, PrinterSpec>,
     pub queues: BTreeMap<String, PrintQueueSpec>,
-    pub policies: BTreeMap<String, AccountingPolicySpec>,
+    /// Parsed as they load, so a submission or a settlement only looks its policy up.
+    pub policies: BTreeMap<String, Arc<Policy>>,
     /// The shard that dispatches each queue that names one (the `printfleet.io/shard`
     /// annotation the operator sets).
     pub queue_shards: BTreeMap<String, String>,
@@ -327,9 +332,15 @@ impl Builder<'_> {
             }
             Kind::AccountingPolicy => {
                 if let Some(policy) = self.typed::<printfleet_crds::AccountingPolicy>(&at, chunk) {
-                    self.accept(&at, validate::validate_policy(&policy.spec), |config| {
-                        config.policies.insert(name, policy.spec)
+                    let parsed = validate::validate_policy(&policy.spec).and_then(|()| {
+                        Policy::parse(policy.spec).map_err(|PolicyError(errors)| errors)
                     });
+                    match parsed {
+                        Ok(policy) => {
+                            self.config.policies.insert(name, Arc::new(policy));
+                        }
+                        Err(errors) => self.field_problems(&at, errors),
+                    }
                 }
             }
         }

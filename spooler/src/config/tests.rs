@@ -81,7 +81,7 @@ fn standalone_example_commented_policy_is_valid() {
     }
     let config = Config::parse(&uncommented, "standalone.yaml")
         .unwrap_or_else(|error| panic!("{error}\n{uncommented}"));
-    assert_eq!(config.policies["default"].currency, "EUR");
+    assert_eq!(config.policies["default"].spec.currency, "EUR");
     assert_eq!(
         config.queues["demo"].accounting_policy.as_deref(),
         Some("default")
@@ -98,7 +98,7 @@ fn parses_documents_of_every_kind() {
     assert_eq!(config.printers.keys().collect::<Vec<_>>(), ["lab-1"]);
     assert_eq!(config.queues["lab"].printers, ["lab-1"]);
     assert_eq!(
-        config.policies["p"].prices.mono_impression.as_deref(),
+        config.policies["p"].spec.prices.mono_impression.as_deref(),
         Some("5")
     );
 }

@@ -31,6 +31,7 @@ use super::printer_attributes::{
     PrinterView, QueueProfile, QueueState, Requested, printer_attributes,
 };
 use super::{BodyChunks, Failure, RequestContext};
+use crate::accounting::admission as accounting;
 use crate::auth::{self, AuthError, Identity};
 use crate::config::Config;
 use crate::document::{OCTET_STREAM, detect_format};
@@ -663,7 +664,7 @@ async fn submit(
     }
     let profile = QueueProfile::derive(config, queue);
     let submission = parse_submission(request, &profile, &queue.defaults)?;
-    let policy = admission::queue_policy(config, &queue_name)?;
+    let policy = accounting::policy_of_queue(config, &queue_name);
     admission::check_billing_code(policy.as_deref(), &submission.ticket)?;
     let mut response = Response::new(ok_status(&submission.unsupported));
     if operation == Operation::ValidateJob {
@@ -807,7 +808,7 @@ async fn send_document(
                 authenticated: false,
             }
         };
-        let policy = admission::queue_policy(config, &job.queue)?;
+        let policy = accounting::policy_of_queue(config, &job.queue);
         let job_admission = admission::admission(policy.as_deref(), &payer, &job.ticket, &pages);
         ctx.app
             .store

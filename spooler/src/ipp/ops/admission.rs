@@ -7,7 +7,6 @@
 //! the quota check sees the whole job; billing codes are checked at Create-Job already.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use jiff::Timestamp;
 
@@ -18,19 +17,7 @@ use crate::accounting::admission::{
 use crate::accounting::ledger::Admission;
 use crate::accounting::quota::{Limit, Scope, Tripped};
 use crate::auth::Identity;
-use crate::config::Config;
 use crate::job::{DocumentBody, Job, JobTicket, NewDocument};
-use ipp::model::StatusCode;
-
-/// The queue's parsed policy (`None`: counted at zero).
-pub(super) fn queue_policy(config: &Config, queue: &str) -> Result<Option<Arc<Policy>>, Failure> {
-    accounting::policy_of_queue(config, queue).map_err(|error| {
-        Failure::new(
-            StatusCode::ServerErrorInternalError,
-            format!("queue {queue}: {error}"),
-        )
-    })
-}
 
 /// Refuses a job whose billing code the policy requires or does not allow.
 pub(super) fn check_billing_code(
@@ -40,15 +27,14 @@ pub(super) fn check_billing_code(
     let Some(policy) = policy else {
         return Ok(());
     };
-    accounting::check_billing_code(&policy.billing_codes, ticket.job_account_id.as_deref()).map_err(
-        |error| {
+    accounting::check_billing_code(&policy.spec.billing_codes, ticket.job_account_id.as_deref())
+        .map_err(|error| {
             let status = match error {
                 BillingCodeError::Missing => AccountStatus::InfoNeeded,
                 BillingCodeError::NotAllowed(_) => AccountStatus::AuthorizationFailed,
             };
             Failure::account(status, error.to_string())
-        },
-    )
+        })
 }
 
 /// `client-error-account-limit-reached` for a job a quota rejected.
