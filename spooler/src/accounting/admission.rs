@@ -48,11 +48,6 @@ impl PartialEq for Policy {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the map consistent, even if it panicked.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The policy of `queue`; `None` when the queue has none (or does not exist).
 pub fn policy_of_queue(config: &Config, queue: &str) -> Option<Arc<Policy>> {
     let name = config.queues.get(queue)?.accounting_policy.as_ref()?;
@@ -66,6 +61,11 @@ pub fn privacy_of_queue(config: &Config, queue: &str) -> PrivacyMode {
 
 /// Salts by state directory, fetched once per process.
 static SALTS: LazyLock<Mutex<HashMap<PathBuf, Arc<Vec<u8>>>>> = LazyLock::new(Default::default);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the map consistent, even if it panicked.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Why the installation's salt is not at hand.
 #[derive(Debug, thiserror::Error)]
