@@ -658,14 +658,15 @@ async fn group_quota_is_exact_across_pods() {
     );
 }
 
-/// Claiming from a backlog that arrived in one burst reads a row or two of the jobs table,
-/// not the whole backlog (a claim over the other indexes read and sorted every pending job
-/// of the queue, so dispatch slowed down as the queue grew). The claim is prepared and run
-/// while the table holds a few jobs, as a pod's is at start, so PostgreSQL may cache a
-/// plan made for them; it is then explained at 2,000 pending jobs with each way PostgreSQL
-/// may plan it. Which index a plan for a near-empty table takes is close to a coin toss,
-/// so the test also checks that no other index of jobs leads with the queue and holds
-/// pending jobs (the cluster bench once cached a plan over such an index: 5 ms a claim).
+/// Claiming from a backlog that arrived in one burst reads a row or two of the jobs table:
+/// not the queue's whole backlog (a claim over the other indexes read and sorted every
+/// pending job of the queue, so dispatch slowed down as the queue grew), nor another
+/// queue's. The claim is prepared and run while the table holds a few jobs, as a pod's is
+/// at start, so PostgreSQL may cache a plan made for them; it is then explained at a
+/// backlog of 2,000 jobs in each of two queues with each way PostgreSQL may plan it. Which
+/// index a plan for a near-empty table takes is close to a coin toss, so the test also
+/// checks that no other index of jobs leads with the queue and holds pending jobs (the
+/// cluster bench once cached a plan over such an index: 5 ms a claim).
 #[tokio::test]
 async fn a_claim_reads_a_row_or_two_of_a_long_backlog() {
     const BACKLOG: i32 = 2_000;
@@ -702,6 +703,9 @@ async fn a_claim_reads_a_row_or_two_of_a_long_backlog() {
     for _ in 0..8 {
         client.batch_execute(&execute).await.expect("claim");
     }
+    // Another queue's backlog first, so a plan that walks every pending job in claim
+    // order (rather than the queue's own entries) reads it all before reaching `office`.
+    insert_pending(&client, "lab", BACKLOG).await;
     insert_pending(&client, "office", BACKLOG).await;
     for mode in ["auto", "force_generic_plan", "force_custom_plan"] {
         let plan = client
