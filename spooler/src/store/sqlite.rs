@@ -184,9 +184,7 @@ impl SqliteJobStore {
         let writer_commits = commits.clone();
         let wal_frames = Arc::new(AtomicI64::new(0));
         let checkpointer = start_checkpointer(path, wal_frames.clone())?;
-        let mut log = path.as_os_str().to_owned();
-        log.push("-wal");
-        let log = PathBuf::from(log);
+        let log = log_path(path);
         let sync_failure = Arc::new(OnceLock::new());
         let syncer_failure = sync_failure.clone();
         let syncer_thread = std::thread::Builder::new()
@@ -624,6 +622,13 @@ impl Writer {
             tracing::warn!(%error, "SQLite checkpoint failed");
         }
     }
+}
+
+/// The write-ahead log SQLite keeps beside the database at `database`.
+fn log_path(database: &Path) -> PathBuf {
+    let mut log = database.as_os_str().to_owned();
+    log.push("-wal");
+    PathBuf::from(log)
 }
 
 /// Fsyncs the log for every group of committed requests waiting (one fsync for all of
@@ -1969,8 +1974,7 @@ mod tests {
         let store = SqliteJobStore::open(&backend.path()).expect("open");
         store.create_job(new_job("before")).await.expect("create");
         store.queue_depths().await.expect("ready");
-        let mut log = backend.path().into_os_string();
-        log.push("-wal");
+        let log = log_path(&backend.path());
         std::fs::remove_file(&log).expect("remove the log's name");
         for attempt in ["fsync fails", "fsync of another file succeeds"] {
             let refused = store.create_job(new_job("after")).await;
@@ -1992,8 +1996,7 @@ mod tests {
         let mut conn = Connection::open(backend.path()).expect("open");
         configure_writer(&conn).expect("configure");
         migrate(&mut conn).expect("schema");
-        let mut wal = backend.path().into_os_string();
-        wal.push("-wal");
+        let wal = log_path(&backend.path());
         let wal_bytes = || std::fs::metadata(&wal).expect("log").len();
         // Three hundred commits of a page or more each; nothing checkpoints meanwhile.
         let commit_pages = |round: usize| {
