@@ -310,9 +310,11 @@ impl Builder<'_> {
         match kind {
             Kind::Printer => {
                 if let Some(printer) = self.typed::<printfleet_crds::Printer>(&at, chunk) {
-                    self.accept(&at, validate::validate_printer(&printer.spec), |config| {
-                        config.printers.insert(name, printer.spec)
-                    });
+                    self.accept(
+                        &at,
+                        validate::validate_printer(&printer.spec),
+                        |config, ()| config.printers.insert(name, printer.spec),
+                    );
                 }
             }
             Kind::PrintQueue => {
@@ -325,7 +327,7 @@ impl Builder<'_> {
                     if let Some(shard) = shard {
                         self.config.queue_shards.insert(name.clone(), shard.clone());
                     }
-                    self.accept(&at, validate::validate_queue(&queue.spec), |config| {
+                    self.accept(&at, validate::validate_queue(&queue.spec), |config, ()| {
                         config.queues.insert(name, queue.spec)
                     });
                 }
@@ -335,12 +337,9 @@ impl Builder<'_> {
                     let parsed = validate::validate_policy(&policy.spec).and_then(|()| {
                         Policy::parse(policy.spec).map_err(|PolicyError(errors)| errors)
                     });
-                    match parsed {
-                        Ok(policy) => {
-                            self.config.policies.insert(name, Arc::new(policy));
-                        }
-                        Err(errors) => self.field_problems(&at, errors),
-                    }
+                    self.accept(&at, parsed, |config, policy| {
+                        config.policies.insert(name, Arc::new(policy))
+                    });
                 }
             }
         }
@@ -362,15 +361,17 @@ impl Builder<'_> {
         }
     }
 
-    fn accept<R>(
+    /// Adds what a valid document yields (`verdict`'s value) to the configuration, or
+    /// records why the document is not valid.
+    fn accept<T, R>(
         &mut self,
         at: &Context,
-        verdict: Result<(), Vec<FieldError>>,
-        insert: impl FnOnce(&mut Config) -> R,
+        verdict: Result<T, Vec<FieldError>>,
+        insert: impl FnOnce(&mut Config, T) -> R,
     ) {
         match verdict {
-            Ok(()) => {
-                insert(&mut self.config);
+            Ok(value) => {
+                insert(&mut self.config, value);
             }
             Err(errors) => self.field_problems(at, errors),
         }
