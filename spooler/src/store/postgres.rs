@@ -157,9 +157,9 @@ macro_rules! job_columns {
 /// while the table is still empty. (The old statement, over the other indexes, read and
 /// sorted every pending job of the queue per claim.) SKIP LOCKED passes over a job another
 /// dispatcher is claiming right now; the re-check under the row lock keeps a just-claimed
-/// job out. A shard leader's claim holds its `shard_leaders` row
-/// FOR SHARE: `lead_shard` (which updates the row) waits for claims in flight, and claims
-/// after it see the new epoch and claim nothing.
+/// job out. A shard leader's claim holds its `shard_leaders` row FOR SHARE: `lead_shard`
+/// (which updates the row) waits for claims in flight, and claims after it see the new
+/// epoch and claim nothing.
 static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| {
     format!(
         concat!(

@@ -69,6 +69,20 @@ async fn raw_client(dsn: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The first column of every row `sql` returns.
+async fn first_column<T>(client: &tokio_postgres::Client, sql: &str) -> Vec<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pods_starting_together_migrate_once() {
     let backend = PostgresBackend::new().await;
@@ -77,16 +91,11 @@ async fn pods_starting_together_migrate_once() {
         store.expect("every pod starts");
     }
     let client = raw_client(&backend.dsn).await;
-    let versions: Vec<i32> = client
-        .query(
-            "SELECT version FROM schema_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .expect("versions")
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let versions: Vec<i32> = first_column(
+        &client,
+        "SELECT version FROM schema_migrations ORDER BY version",
+    )
+    .await;
     assert_eq!(versions, (1..=MIGRATIONS.len() as i32).collect::<Vec<_>>());
     // Debian's PostgreSQL is built with lz4: inline documents use it.
     let compression: i8 = client
@@ -334,13 +343,7 @@ async fn purging_jobs_removes_their_documents_rows() {
         .id;
     store.purge_history("office", 0, 0).await.expect("purge");
     let client = raw_client(&backend.dsn).await;
-    let left: Vec<JobId> = client
-        .query("SELECT job_id FROM documents", &[])
-        .await
-        .expect("documents")
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let left: Vec<JobId> = first_column(&client, "SELECT job_id FROM documents").await;
     assert!(
         left.iter().all(|id| !purged.contains(id)),
         "documents of purged jobs {purged:?} left: {left:?}"
@@ -723,20 +726,15 @@ async fn a_claim_reads_a_row_or_two_of_a_long_backlog() {
             .collect();
         assert_reads_a_row_or_two(mode, &plan);
     }
-    let rivals: Vec<String> = client
-        .query(
-            "SELECT indexrelid::regclass::text FROM pg_index \
-             WHERE indrelid = 'jobs'::regclass AND indexrelid <> 'jobs_ready_to_claim'::regclass \
-               AND indkey[0] = (SELECT attnum FROM pg_attribute \
-                                WHERE attrelid = 'jobs'::regclass AND attname = 'queue') \
-               AND (indpred IS NULL OR pg_get_expr(indpred, indrelid) NOT LIKE '%state >= 7%')",
-            &[],
-        )
-        .await
-        .expect("indexes of jobs")
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let rivals: Vec<String> = first_column(
+        &client,
+        "SELECT indexrelid::regclass::text FROM pg_index \
+         WHERE indrelid = 'jobs'::regclass AND indexrelid <> 'jobs_ready_to_claim'::regclass \
+           AND indkey[0] = (SELECT attnum FROM pg_attribute \
+                            WHERE attrelid = 'jobs'::regclass AND attname = 'queue') \
+           AND (indpred IS NULL OR pg_get_expr(indpred, indrelid) NOT LIKE '%state >= 7%')",
+    )
+    .await;
     assert!(
         rivals.is_empty(),
         "indexes a claim's cached plan may take over jobs_ready_to_claim: {rivals:?}"
