@@ -1,11 +1,13 @@
-//! Settlement of completed jobs, called by the dispatcher: the printer's counts priced,
-//! recorded once in the ledger, and counted in the metrics.
+//! Settlement of completed jobs: the printer's counts priced, recorded once in the ledger,
+//! and counted in the metrics. Dispatch records a job's settlement with its completion
+//! (`Outcome::Completed`); the sweep here settles completions recorded without one (by an
+//! earlier version of the spooler).
 
 use crate::app::App;
 use crate::job::{Job, JobId, JobState};
 use crate::store::StoreError;
 
-use super::admission::{SaltError, installation_salt, policy_of_queue, privacy_of_queue};
+use super::admission::{installation_salt, policy_of_queue, privacy_of_queue};
 use super::ledger::{self, EntryKind, LedgerEntry, LedgerQuery};
 use super::pricing::PriceList;
 use super::privacy::user_label;
@@ -13,9 +15,20 @@ use super::privacy::user_label;
 /// Jobs settled per sweep query.
 const SWEEP_BATCH: usize = 256;
 
+/// The settlement of `job`, estimated at admission as `estimate`, whose printer reported
+/// `job.impressions_completed` and `job.sheets_completed`: priced with its queue's
+/// current prices.
+pub fn settlement(app: &App, estimate: &LedgerEntry, job: &Job) -> LedgerEntry {
+    let config = app.config();
+    let prices = policy_of_queue(&config, &job.queue)
+        .map_or_else(PriceList::free, |policy| policy.prices.clone());
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    ledger::settlement(estimate, job, &prices, now_ms)
+}
+
 /// Records the settlement of a completed job (nothing when it has no estimate or is already
 /// closed) and counts its final usage and cost in the metrics when this call recorded it.
-pub async fn settle(app: &App, job: &Job) -> Result<(), StoreError> {
+async fn settle(app: &App, job: &Job) -> Result<(), StoreError> {
     if job.state != JobState::Completed {
         return Ok(());
     }
@@ -29,14 +42,9 @@ pub async fn settle(app: &App, job: &Job) -> Result<(), StoreError> {
     let Some(estimate) = entries.iter().find(|e| e.kind == EntryKind::Estimate) else {
         return Ok(());
     };
-    let config = app.config();
-    let prices = policy_of_queue(&config, &job.queue)
-        .map_or_else(PriceList::free, |policy| policy.prices.clone());
-    let now_ms = jiff::Timestamp::now().as_millisecond();
-    let settlement = ledger::settlement(estimate, job, &prices, now_ms);
+    let settlement = settlement(app, estimate, job);
     if app.store.record_settlement(settlement.clone()).await? {
-        let salt = installation_salt(app.store.as_ref(), &app.settings.state_dir).await;
-        count(app, estimate, &settlement, salt);
+        count(app, estimate, &settlement).await;
     }
     Ok(())
 }
@@ -67,13 +75,10 @@ pub async fn settle_unsettled(app: &App) -> Result<usize, StoreError> {
     }
 }
 
-/// Counts a completed job's final usage and cost (estimate plus settlement).
-fn count(
-    app: &App,
-    estimate: &LedgerEntry,
-    settlement: &LedgerEntry,
-    salt: Result<std::sync::Arc<Vec<u8>>, SaltError>,
-) {
+/// Counts a completed job's final usage and cost (estimate plus settlement), once its
+/// settlement is recorded.
+pub async fn count(app: &App, estimate: &LedgerEntry, settlement: &LedgerEntry) {
+    let salt = installation_salt(app.store.as_ref(), &app.settings.state_dir).await;
     let config = app.config();
     let privacy = privacy_of_queue(&config, &estimate.queue);
     let label = match salt {

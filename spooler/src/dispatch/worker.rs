@@ -1,5 +1,7 @@
 //! One printer's worker: probe the printer, claim its queues' jobs, send them one at a
-//! time, and record how each attempt ended (with the next claim, in one trip to the store).
+//! time, and record how each attempt ended. Each job costs two trips to the store: its
+//! claim (with its inline documents and its estimate), made while the previous job is
+//! sent, and its outcome (with its settlement).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,11 +14,12 @@ use tracing::Instrument;
 
 use super::{DispatchSettings, now_millis, stopped};
 use crate::accounting;
+use crate::accounting::ledger::LedgerEntry;
 use crate::app::App;
 use crate::backend::{self, Backend, BackendError, Delivery, OutgoingDocument, OutgoingJob};
 use crate::config::Config;
 use crate::job::{Claimer, Job, JobId, JobState};
-use crate::store::{Outcome, StoreError};
+use crate::store::{Claim, Outcome, StoreError};
 
 /// The wait before a failed job is tried again: `base` doubled per earlier attempt, at
 /// most `max`. `attempts` counts the attempt that just failed.
@@ -44,6 +47,8 @@ enum JobEnd {
 /// A job claimed for this printer, with its documents opened (or why they could not be).
 struct Claimed {
     job: Job,
+    /// Its ledger estimate, settled when it completes.
+    estimate: Option<LedgerEntry>,
     documents: Result<Vec<OutgoingDocument>, OpenError>,
 }
 
@@ -208,7 +213,12 @@ impl PrinterWorker {
                 Some(claimed) => Some(claimed),
                 None => self.claim(queues).await,
             };
-            let Some(Claimed { job, documents }) = claimed else {
+            let Some(Claimed {
+                job,
+                estimate,
+                documents,
+            }) = claimed
+            else {
                 tokio::select! {
                     _ = woken => {}
                     _ = tokio::time::sleep(self.settings.idle_poll) => {}
@@ -220,8 +230,15 @@ impl PrinterWorker {
             // it as soon as this one's outcome is recorded.
             let mut seen = CancelsSeen::default();
             let (end, next) = tokio::join!(
-                self.attempt(backend, &job, documents, cancels, &mut seen)
-                    .instrument(self.job_span(&job)),
+                self.attempt(
+                    backend,
+                    &job,
+                    estimate.as_ref(),
+                    documents,
+                    cancels,
+                    &mut seen
+                )
+                .instrument(self.job_span(&job)),
                 self.claim(queues),
             );
             let next_id = next.as_ref().map(|next| next.job.id);
@@ -249,20 +266,28 @@ impl PrinterWorker {
         if queues.is_empty() {
             return None;
         }
-        let job = match self
+        let Claim {
+            job,
+            inline,
+            estimate,
+        } = match self
             .app
             .store
             .claim_next(queues, &self.name, &self.claimer)
             .await
         {
-            Ok(job) => job?,
+            Ok(claim) => claim?,
             Err(error) => {
                 tracing::warn!(%error, "claiming a job");
                 return None;
             }
         };
-        let documents = self.open_documents(&job).await;
-        Some(Claimed { job, documents })
+        let documents = self.open_documents(&job, inline).await;
+        Some(Claimed {
+            job,
+            estimate,
+            documents,
+        })
     }
 
     /// Whether job `id`, claimed while another was sent, was canceled meanwhile (the store
@@ -288,11 +313,12 @@ impl PrinterWorker {
         )
     }
 
-    /// Sends `job` and records its outcome.
+    /// Sends `job` and records its outcome (settling `estimate` when it completes).
     async fn attempt(
         &self,
         backend: &dyn Backend,
         job: &Job,
+        estimate: Option<&LedgerEntry>,
         documents: Result<Vec<OutgoingDocument>, OpenError>,
         cancels: &mut broadcast::Receiver<JobId>,
         seen: &mut CancelsSeen,
@@ -333,12 +359,28 @@ impl PrinterWorker {
                 sheets,
             }) => {
                 tracing::info!(seconds, ?impressions, ?sheets, "job delivered");
+                let settlement = estimate.map(|estimate| {
+                    let printed = Job {
+                        impressions_completed: impressions,
+                        sheets_completed: sheets,
+                        ..job.clone()
+                    };
+                    accounting::settle::settlement(&self.app, estimate, &printed)
+                });
                 let outcome = Outcome::Completed {
                     printer: self.name.clone(),
                     impressions,
                     sheets,
+                    settlement: settlement.clone(),
                 };
-                self.finish(job, outcome).await;
+                let completed = self
+                    .finish(job, outcome)
+                    .await
+                    .is_some_and(|finished| finished.state == JobState::Completed);
+                // Recorded with the completion, so counted once, by whoever completed it.
+                if completed && let (Some(estimate), Some(settlement)) = (estimate, &settlement) {
+                    accounting::settle::count(&self.app, estimate, settlement).await;
+                }
                 JobEnd::Done
             }
             Err(BackendError::Refused(message)) => {
@@ -394,11 +436,17 @@ impl PrinterWorker {
         }
     }
 
-    async fn open_documents(&self, job: &Job) -> Result<Vec<OutgoingDocument>, OpenError> {
+    /// Opens `job`'s documents: those in the document store from it, the inline ones from
+    /// the bytes the claim brought (`inline`, in order).
+    async fn open_documents(
+        &self,
+        job: &Job,
+        inline: Vec<Option<Bytes>>,
+    ) -> Result<Vec<OutgoingDocument>, OpenError> {
         let mut documents = Vec::with_capacity(job.documents.len());
-        for info in &job.documents {
-            let data: BoxStream<'static, std::io::Result<Bytes>> = match &info.key {
-                Some(key) => self.app.documents.open(key).await.map_err(|error| {
+        for (info, inline) in job.documents.iter().zip(inline) {
+            let data: BoxStream<'static, std::io::Result<Bytes>> = match (&info.key, inline) {
+                (Some(key), _) => self.app.documents.open(key).await.map_err(|error| {
                     let message = format!("document {}: {error}", info.number);
                     if error.kind() == std::io::ErrorKind::NotFound {
                         OpenError::Missing(message)
@@ -406,27 +454,13 @@ impl PrinterWorker {
                         OpenError::Transient(message)
                     }
                 })?,
-                None => match self.app.store.inline_document(job.id, info.number).await {
-                    Ok(Some(bytes)) => Box::pin(stream::once(async move { Ok(bytes) })),
-                    Ok(None) => {
-                        return Err(OpenError::Missing(format!(
-                            "document {} has no bytes",
-                            info.number
-                        )));
-                    }
-                    Err(error) => {
-                        let message = format!("document {}: {error}", info.number);
-                        return Err(match &error {
-                            // Its record in the store's document log is damaged.
-                            StoreError::Document(io)
-                                if io.kind() == std::io::ErrorKind::InvalidData =>
-                            {
-                                OpenError::Missing(message)
-                            }
-                            _ => OpenError::Transient(message),
-                        });
-                    }
-                },
+                (None, Some(bytes)) => Box::pin(stream::once(async move { Ok(bytes) })),
+                (None, None) => {
+                    return Err(OpenError::Missing(format!(
+                        "document {} has no bytes",
+                        info.number
+                    )));
+                }
             };
             documents.push(OutgoingDocument {
                 format: info.format.clone(),
@@ -467,9 +501,11 @@ impl PrinterWorker {
         }
     }
 
-    /// Records the outcome and counts it. While the store is unavailable (PostgreSQL
-    /// restarting) it tries again, waiting longer each time, until the worker is stopped.
-    async fn finish(&self, job: &Job, outcome: Outcome) {
+    /// Records the outcome and counts it; the job as recorded, or `None` when the outcome
+    /// was not ours to record (the claim was lost) or could not be recorded. While the
+    /// store is unavailable (PostgreSQL restarting) it tries again, waiting longer each
+    /// time, until the worker is stopped.
+    async fn finish(&self, job: &Job, outcome: Outcome) -> Option<Job> {
         let is_retry = matches!(outcome, Outcome::Retry { .. });
         let mut wait = Duration::from_millis(250);
         let finished = loop {
@@ -482,7 +518,7 @@ impl PrinterWorker {
                 Ok(finished) => break finished,
                 Err(StoreError::Fenced(_)) => {
                     tracing::warn!("claim lost to another dispatcher; leaving the job to it");
-                    return;
+                    return None;
                 }
                 Err(StoreError::Unavailable(error)) if !self.is_stopped() => {
                     tracing::warn!(%error, retry_in = ?wait, "store unavailable while recording the outcome");
@@ -493,7 +529,7 @@ impl PrinterWorker {
                     // The job stays processing under our claim; recovery at the next
                     // start or takeover puts it back.
                     tracing::error!(%error, "recording the job's outcome");
-                    return;
+                    return None;
                 }
             }
         };
@@ -503,13 +539,13 @@ impl PrinterWorker {
                 .dispatch_retries
                 .with_label_values(&[self.name.as_str()])
                 .inc();
-            return;
+            return Some(finished);
         }
         let outcome = match finished.state {
             JobState::Completed => "completed",
             JobState::Aborted => "aborted",
             // Canceled meanwhile: counted by whoever canceled it.
-            _ => return,
+            _ => return Some(finished),
         };
         metrics
             .jobs_finished
@@ -521,19 +557,8 @@ impl PrinterWorker {
                 .completion_seconds
                 .with_label_values(&[job.queue.as_str()])
                 .observe(end.saturating_sub(job.created_at).max(0) as f64);
-            // Exactly once in the ledger; one missed here is settled by the next sweep.
-            // Settled beside the printer's next job, not before it: the completion is
-            // recorded, which is all the printer waits for.
-            let app = self.app.clone();
-            tokio::spawn(
-                async move {
-                    if let Err(error) = accounting::settle::settle(&app, &finished).await {
-                        tracing::warn!(%error, "recording the job's settlement");
-                    }
-                }
-                .in_current_span(),
-            );
         }
+        Some(finished)
     }
 }
 

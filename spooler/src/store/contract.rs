@@ -28,6 +28,7 @@ macro_rules! job_store_contract {
             list_jobs,
             user_actions,
             claim_order,
+            claim_brings_documents,
             concurrent_claims,
             fencing,
             finish_outcomes,
@@ -44,6 +45,7 @@ macro_rules! job_store_contract {
             concurrent_creates,
             ledger_estimate_and_settlement,
             ledger_refunds,
+            settlement_with_the_completion,
             quota_actions,
             last_document_admission,
             concurrent_quota,
@@ -64,7 +66,7 @@ pub(crate) use job_store_contract;
 mod ledger;
 pub(crate) use ledger::{
     concurrent_quota, last_document_admission, ledger_estimate_and_settlement, ledger_refunds,
-    quota_actions,
+    quota_actions, settlement_with_the_completion,
 };
 
 fn new_job(queue: &str, owner: &str) -> NewJob {
@@ -201,7 +203,8 @@ pub(crate) async fn initial_states(backend: &dyn Backend) {
         store
             .claim_next(&office, "p1", &dispatcher)
             .await
-            .expect("claim"),
+            .expect("claim")
+            .map(|claim| claim.job),
         None,
         "neither a held job nor one still receiving documents is claimable"
     );
@@ -215,6 +218,7 @@ pub(crate) async fn initial_states(backend: &dyn Backend) {
         .claim_next(&office, "p1", &dispatcher)
         .await
         .expect("claim")
+        .map(|claim| claim.job)
         .expect("a job");
     assert_eq!(claimed.id, incoming.id);
 }
@@ -370,6 +374,7 @@ async fn claim_exactly(store: &dyn JobStore, queue: &str, id: JobId) {
         .claim_next(&queues(&[queue]), "p1", &claimer("spooler-0", 1))
         .await
         .expect("claim")
+        .map(|claim| claim.job)
         .expect("claimable");
     assert_eq!(claimed.id, id);
 }
@@ -398,6 +403,7 @@ async fn job_in_state(store: &dyn JobStore, state: JobState, queue: &str) -> Job
             printer: "p1".to_string(),
             impressions: None,
             sheets: None,
+            settlement: None,
         }),
         JobState::ProcessingStopped => unreachable!("no store operation stops a job"),
     };
@@ -478,7 +484,8 @@ pub(crate) async fn user_actions(backend: &dyn Backend) {
     let claimed = store
         .claim_next(&queues(&["release"]), "p1", &claimer("spooler-0", 1))
         .await
-        .expect("claim");
+        .expect("claim")
+        .map(|claim| claim.job);
     assert_eq!(claimed.map(|job| job.id), Some(id));
 }
 
@@ -504,7 +511,8 @@ pub(crate) async fn claim_order(backend: &dyn Backend) {
     let first = store
         .claim_next(&both, "p2", &dispatcher)
         .await
-        .expect("claim");
+        .expect("claim")
+        .map(|claim| claim.job);
     assert_eq!(first.map(|job| job.id), Some(elsewhere));
     let office = queues(&["office"]);
     let mut order = Vec::new();
@@ -512,6 +520,7 @@ pub(crate) async fn claim_order(backend: &dyn Backend) {
         .claim_next(&office, "p1", &dispatcher)
         .await
         .expect("claim")
+        .map(|claim| claim.job)
     {
         assert_eq!(job.state, JobState::Processing);
         assert_eq!(job.reasons, reasons(&["job-printing"]));
@@ -525,7 +534,8 @@ pub(crate) async fn claim_order(backend: &dyn Backend) {
         store
             .claim_next(&[], "p1", &dispatcher)
             .await
-            .expect("claim"),
+            .expect("claim")
+            .map(|claim| claim.job),
         None
     );
     // At equal priority, the oldest job of any of its queues.
@@ -536,10 +546,52 @@ pub(crate) async fn claim_order(backend: &dyn Backend) {
         .claim_next(&both, "p2", &dispatcher)
         .await
         .expect("claim")
+        .map(|claim| claim.job)
     {
         across.push(job.id);
     }
     assert_eq!(across, vec![older, newer]);
+}
+
+/// A claim brings the bytes of the job's inline documents (small ones and large ones, which
+/// a backend may keep apart from the row), in order, and none for a stored document.
+pub(crate) async fn claim_brings_documents(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let large = Bytes::from(vec![7_u8; 50_000]);
+    let id = create(
+        store.as_ref(),
+        NewJob {
+            documents_complete: false,
+            ..new_job("office", "alice")
+        },
+    )
+    .await;
+    let large_document = NewDocument {
+        size: large.len() as u64,
+        body: DocumentBody::Inline(large.clone()),
+        ..inline_document(b"")
+    };
+    for (document, last) in [
+        (large_document, false),
+        (stored_document("documents/2"), true),
+    ] {
+        store
+            .add_document(id, Some(document), last)
+            .await
+            .expect("add document");
+    }
+    let claim = store
+        .claim_next(&queues(&["office"]), "p1", &claimer("spooler-0", 1))
+        .await
+        .expect("claim")
+        .expect("claimable");
+    assert_eq!(claim.job.id, id);
+    assert_eq!(claim.job.documents.len(), 3);
+    assert_eq!(
+        claim.inline,
+        vec![Some(Bytes::from_static(b"%PDF-1.7\n")), Some(large), None]
+    );
+    assert_eq!(claim.estimate, None, "a job admitted without accounting");
 }
 
 pub(crate) async fn concurrent_claims(backend: &dyn Backend) {
@@ -561,6 +613,7 @@ pub(crate) async fn concurrent_claims(backend: &dyn Backend) {
                 .claim_next(&queues(&["office"]), "p1", &me)
                 .await
                 .expect("claim")
+                .map(|claim| claim.job)
             {
                 claimed.push(job.id);
             }
@@ -582,6 +635,7 @@ pub(crate) async fn fencing(backend: &dyn Backend) {
         printer: "p1".to_string(),
         impressions: None,
         sheets: None,
+        settlement: None,
     };
     // job_in_state claims as spooler-0 epoch 1.
     let rightful = claimer("spooler-0", 1);
@@ -646,6 +700,7 @@ pub(crate) async fn finish_outcomes(backend: &dyn Backend) {
                 printer: "p2".to_string(),
                 impressions: Some(12),
                 sheets: Some(6),
+                settlement: None,
             },
         )
         .await
@@ -699,6 +754,7 @@ pub(crate) async fn finish_outcomes(backend: &dyn Backend) {
         .claim_next(&queues(&["retried"]), "p3", &claimer("spooler-1", 1))
         .await
         .expect("claim")
+        .map(|claim| claim.job)
         .expect("claimable again");
     assert_eq!(again.id, retried);
     assert_eq!(again.attempts, 2);
@@ -711,7 +767,8 @@ pub(crate) async fn finish_outcomes(backend: &dyn Backend) {
                     Outcome::Completed {
                         printer: "p1".into(),
                         impressions: None,
-                        sheets: None
+                        sheets: None,
+                        settlement: None,
                     }
                 )
                 .await,
@@ -754,7 +811,8 @@ pub(crate) async fn retry_time(backend: &dyn Backend) {
     let claimed = store
         .claim_next(&retry, "p1", &dispatcher)
         .await
-        .expect("claim");
+        .expect("claim")
+        .map(|claim| claim.job);
     assert_eq!(
         claimed.map(|job| job.id),
         Some(soon),
@@ -764,7 +822,8 @@ pub(crate) async fn retry_time(backend: &dyn Backend) {
         store
             .claim_next(&retry, "p1", &dispatcher)
             .await
-            .expect("claim"),
+            .expect("claim")
+            .map(|claim| claim.job),
         None
     );
     assert_eq!(state_of(store.as_ref(), later).await, JobState::Pending);
@@ -776,7 +835,10 @@ pub(crate) async fn shard_leadership(backend: &dyn Backend) {
     let store = backend.open().await;
     let claim = |claimer: Claimer, queue: &'static str| {
         let store = store.clone();
-        async move { store.claim_next(&queues(&[queue]), "p1", &claimer).await }
+        async move {
+            let claim = store.claim_next(&queues(&[queue]), "p1", &claimer).await;
+            claim.map(|claim| claim.map(|claim| claim.job))
+        }
     };
     let (first, none) = store.lead_shard("east", "pod-a").await.expect("lead");
     assert_eq!(first.shard.as_deref(), Some("east"));
@@ -826,6 +888,7 @@ pub(crate) async fn shard_leadership(backend: &dyn Backend) {
         printer: "p1".into(),
         impressions: None,
         sheets: None,
+        settlement: None,
     };
     assert!(matches!(
         store.finish(in_flight, &first, completed.clone()).await,
@@ -879,6 +942,7 @@ pub(crate) async fn queue_hand_off(backend: &dyn Backend) {
                 .claim_next(&queues(&["lobby"]), "p1", &claimer)
                 .await
                 .expect("claim")
+                .map(|claim| claim.job)
         }
     };
     let first = create(store.as_ref(), new_job("lobby", "alice")).await;
@@ -905,6 +969,7 @@ pub(crate) async fn queue_hand_off(backend: &dyn Backend) {
         printer: "p1".into(),
         impressions: None,
         sheets: None,
+        settlement: None,
     };
     store.finish(first, &east, done).await.expect("finish");
     assert!(
@@ -966,6 +1031,7 @@ pub(crate) async fn recover(backend: &dyn Backend) {
                 .claim_next(&queues(&[queue]), "p1", &claimer(id, epoch))
                 .await
                 .expect("claim")
+                .map(|claim| claim.job)
                 .expect("claimable");
             assert_eq!(claimed.id, job);
             job
@@ -992,7 +1058,8 @@ pub(crate) async fn recover(backend: &dyn Backend) {
                         Outcome::Completed {
                             printer: "p1".into(),
                             impressions: None,
-                            sheets: None
+                            sheets: None,
+                            settlement: None,
                         }
                     )
                     .await,
@@ -1014,6 +1081,7 @@ pub(crate) async fn recover(backend: &dyn Backend) {
         .claim_next(&queues(&["q1"]), "p1", &me)
         .await
         .expect("claim")
+        .map(|claim| claim.job)
         .expect("recovered job is claimable");
     assert_eq!((reclaimed.id, reclaimed.attempts), (old_epoch, 2));
 }
@@ -1037,13 +1105,15 @@ pub(crate) async fn paused_queues(backend: &dyn Backend) {
     let claimed = store
         .claim_next(&both, "p1", &dispatcher)
         .await
-        .expect("claim");
+        .expect("claim")
+        .map(|claim| claim.job);
     assert_eq!(claimed.map(|job| job.id), Some(lab_job));
     assert_eq!(
         store
             .claim_next(&both, "p1", &dispatcher)
             .await
-            .expect("claim"),
+            .expect("claim")
+            .map(|claim| claim.job),
         None
     );
     store
@@ -1064,7 +1134,8 @@ pub(crate) async fn paused_queues(backend: &dyn Backend) {
     let claimed = store
         .claim_next(&both, "p1", &dispatcher)
         .await
-        .expect("claim");
+        .expect("claim")
+        .map(|claim| claim.job);
     assert_eq!(claimed.map(|job| job.id), Some(office_job));
 }
 

@@ -4,6 +4,8 @@
 //! The contract every backend keeps: when `create_job` or `add_document` returns `Ok`, the
 //! row and its document survive a kill -9 or power loss. `claim_next` is one atomic step
 //! (pending to processing, recording the claimer), so two dispatchers never print one job.
+//! A completed job's ledger settlement is recorded by the `finish` that records the
+//! completion, in its transaction.
 //!
 //! # Admission
 //!
@@ -110,6 +112,19 @@ pub enum UserAction {
     Release,
 }
 
+/// A job claimed for a printer (`JobStore::claim_next`), with what sending and settling
+/// it takes, read in the same trip to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub job: Job,
+    /// The bytes of each of `job.documents`, in order, when it is kept inline; `None` for
+    /// a document in the `DocumentStore`, or for an inline one whose bytes are lost (the
+    /// job can never print).
+    pub inline: Vec<Option<Bytes>>,
+    /// The job's ledger estimate, when it was admitted with one.
+    pub estimate: Option<LedgerEntry>,
+}
+
 /// How a dispatch attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -118,6 +133,10 @@ pub enum Outcome {
         printer: String,
         impressions: Option<i64>,
         sheets: Option<i64>,
+        /// The job's settlement (`accounting::ledger::settlement`), for an accounted job:
+        /// recorded in the transaction that records the completion, unless the job has a
+        /// closing entry already.
+        settlement: Option<LedgerEntry>,
     },
     /// The job can never print (e.g. the printer rejected its format).
     Aborted { printer: String, message: String },
@@ -159,7 +178,7 @@ pub trait JobStore: Send + Sync {
         queues: &[String],
         printer: &str,
         claimer: &Claimer,
-    ) -> Result<Option<Job>, StoreError>;
+    ) -> Result<Option<Claim>, StoreError>;
     /// Record how a claimed job's attempt ended. `Fenced` when the claim was lost; a job
     /// canceled meanwhile stays canceled.
     async fn finish(
@@ -241,7 +260,8 @@ pub trait JobStore: Send + Sync {
 
     /// Record a job's `settlement` unless it already has a closing entry (settlement or
     /// refund); returns whether it was recorded. Idempotent: retries and a second
-    /// dispatcher settling the same job charge it once.
+    /// dispatcher settling the same job charge it once. (Dispatch settles with the
+    /// completion, in `finish`; this is for completions recorded without one.)
     async fn record_settlement(&self, entry: LedgerEntry) -> Result<bool, StoreError> {
         let _ = entry;
         Err(no_ledger())
@@ -265,15 +285,22 @@ fn no_ledger() -> StoreError {
     StoreError::Internal("this job store keeps no ledger".into())
 }
 
-/// What `record_settlement` accepts: a settlement entry, nothing else.
-fn settlement_only(entry: &LedgerEntry) -> Result<(), StoreError> {
-    if entry.kind == EntryKind::Settlement {
-        return Ok(());
+/// What `record_settlement` and a completion accept: a settlement entry of job `job`,
+/// nothing else.
+fn settlement_only(entry: &LedgerEntry, job: JobId) -> Result<(), StoreError> {
+    if entry.kind != EntryKind::Settlement {
+        return Err(StoreError::Internal(format!(
+            "a {} entry given as a settlement",
+            entry.kind.keyword()
+        )));
     }
-    Err(StoreError::Internal(format!(
-        "record_settlement given a {} entry",
-        entry.kind.keyword()
-    )))
+    if entry.job != job {
+        return Err(StoreError::Internal(format!(
+            "the settlement of job {} given for job {job}",
+            entry.job
+        )));
+    }
+    Ok(())
 }
 
 /// `job-state-reasons` of a job held by admission over a quota (PWG 5100.7).

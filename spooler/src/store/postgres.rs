@@ -30,7 +30,8 @@ use super::rules::{
     state_range, user_transition,
 };
 use super::{
-    JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs, filter,
+    Claim, JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs,
+    filter,
 };
 use crate::accounting::ledger::{Admission, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::QuotaDecision;
@@ -149,7 +150,11 @@ macro_rules! job_columns {
 
 /// Claims the next job for a printer: `$1` processing, `$2` now (s), `$3` the printer,
 /// `$4`/`$5` the claimer and its epoch, `$6` the reasons, `$7` now (ms), `$8` the
-/// printer's queues, `$9` the leader's shard (NULL standalone).
+/// printer's queues, `$9` the leader's shard (NULL standalone). The row is the job
+/// (`job_columns!`), its documents' inline bytes (one array, in order), and its estimate
+/// (`ledger_columns!`, NULL when it has none): everything dispatch reads before sending,
+/// in one trip. (The estimate's `LIMIT 1` keeps its lookup a lookup of the claimed job: a
+/// plan cached while the ledger was near-empty otherwise joined every estimate.)
 ///
 /// Each queue's candidate is the first entry of the `jobs_ready_to_claim` index, whose
 /// predicate the statement repeats word for word so the planner can use it: a claim then
@@ -174,17 +179,50 @@ static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| {
                  WHERE wanted.queue NOT IN (SELECT queue FROM paused_queues) \
                    AND ($9::text IS NULL OR wanted.queue IN \
                         (SELECT queue FROM queue_owners WHERE shard = $9)) \
-                 ORDER BY candidate.priority DESC, candidate.id ASC LIMIT 1) \
-             UPDATE jobs SET state = $1, processing_at = $2, printer = $3, \
-             attempts = attempts + 1, claimer_id = $4, claimer_epoch = $5, \
-             claimer_shard = $9, reasons = $6, message = NULL \
-             WHERE ($9::text IS NULL OR EXISTS (SELECT 1 FROM leader)) \
-               AND id = (SELECT id FROM next) \
-             RETURNING ",
-            job_columns!()
+                 ORDER BY candidate.priority DESC, candidate.id ASC LIMIT 1), \
+             claimed AS (UPDATE jobs SET state = $1, processing_at = $2, printer = $3, \
+                 attempts = attempts + 1, claimer_id = $4, claimer_epoch = $5, \
+                 claimer_shard = $9, reasons = $6, message = NULL \
+                 WHERE ($9::text IS NULL OR EXISTS (SELECT 1 FROM leader)) \
+                   AND id = (SELECT id FROM next) \
+                 RETURNING ",
+            job_columns!(),
+            ") \
+             SELECT claimed.*, \
+                 (SELECT array_agg(d.inline ORDER BY d.number) FROM documents d \
+                  WHERE d.job_id = claimed.id), \
+                 estimate.* \
+             FROM claimed LEFT JOIN LATERAL (SELECT ",
+            ledger::ledger_columns!(),
+            " FROM ledger WHERE ledger.job_id = claimed.id AND ledger.kind = 'estimate' \
+                 LIMIT 1) AS estimate ON TRUE"
         ),
         pending = JobState::Pending.as_i32()
     )
+});
+
+/// Records how a claimed job's attempt ended, fenced by its `WHERE` (`$10` processing,
+/// `$11`/`$12` the claimer and its epoch), and the job's settlement (`$13` to `$26`, in
+/// `ledger_columns!` order; all NULL for none) when it changed the job. Returns the job.
+static FINISH: LazyLock<String> = LazyLock::new(|| {
+    concat!(
+        "WITH finished AS (UPDATE jobs SET state = $2, reasons = $3, message = $4, \
+             printer = $5, completed_at = $6, retry_at_ms = COALESCE($7, retry_at_ms), \
+             impressions_completed = $8, sheets_completed = $9, \
+             claimer_id = NULL, claimer_epoch = NULL, claimer_shard = NULL \
+             WHERE id = $1 AND state = $10 AND claimer_id = $11 AND claimer_epoch = $12 \
+             RETURNING ",
+        job_columns!(),
+        "), settled AS (INSERT INTO ledger (",
+        ledger::ledger_columns!(),
+        ") SELECT $13::integer, $14::text, $15::bigint, $16::text, $17::text, $18::text, \
+                  $19::text[], $20::text, $21::bigint, $22::bigint, $23::boolean, \
+                  $24::bigint, $25::text, $26::boolean \
+             FROM finished WHERE $13::integer IS NOT NULL \
+             ON CONFLICT DO NOTHING) \
+         SELECT * FROM finished"
+    )
+    .to_owned()
 });
 
 /// The ids of `RETURNING id` rows, in order.
@@ -572,7 +610,7 @@ impl Database {
         queues: &[String],
         printer: &str,
         claimer: &Claimer,
-    ) -> Result<Option<Job>, StoreError> {
+    ) -> Result<Option<Claim>, StoreError> {
         let client = self.bookkeeping_client().await?;
         let (now_s, now_ms) = now();
         let statement = client.prepare_cached(&CLAIM_NEXT).await?;
@@ -593,7 +631,7 @@ impl Database {
             )
             .await?;
         if let Some(row) = row {
-            return job_from_row(&row).map(Some);
+            return claim_from_row(&row).map(Some);
         }
         // Nothing claimed: nothing ready, or no longer the leader (told apart only then).
         if let Some(shard) = &claimer.shard {
@@ -610,23 +648,15 @@ impl Database {
     ) -> Result<Job, StoreError> {
         let mut client = self.bookkeeping_client().await?;
         let (now_s, now_ms) = now();
-        let update = finished(outcome, now_s);
-        let statement = client
-            .prepare_cached(concat!(
-                "UPDATE jobs SET state = $2, reasons = $3, message = $4, printer = $5, \
-                 completed_at = $6, retry_at_ms = COALESCE($7, retry_at_ms), \
-                 impressions_completed = $8, sheets_completed = $9, \
-                 claimer_id = NULL, claimer_epoch = NULL, claimer_shard = NULL \
-                 WHERE id = $1 AND state = $10 AND claimer_id = $11 AND claimer_epoch = $12 \
-                 RETURNING ",
-                job_columns!()
-            ))
-            .await?;
+        let update = finished(id, outcome, now_s)?;
+        let statement = client.prepare_cached(&FINISH).await?;
         let reasons = to_json(&update.reasons)?;
+        let state = update.state.as_i32();
         let processing = JobState::Processing.as_i32();
-        let params: [&(dyn ToSql + Sync); 12] = [
+        let settlement = ledger::EntryParams::of(update.settlement.as_ref());
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
             &id,
-            &update.state.as_i32(),
+            &state,
             &reasons,
             &update.message,
             &update.printer,
@@ -638,6 +668,7 @@ impl Database {
             &claimer.id,
             &claimer.epoch,
         ];
+        params.extend(settlement.params());
         // One statement, fenced by its WHERE, unless an abort's refund must commit with it.
         if update.state != JobState::Aborted {
             return match client.query_opt(&statement, &params).await? {
@@ -1013,6 +1044,37 @@ async fn load_job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>,
     row.as_ref().map(job_from_row).transpose()
 }
 
+/// A claim from a `CLAIM_NEXT` row: the job, its documents' inline bytes, its estimate.
+fn claim_from_row(row: &Row) -> Result<Claim, StoreError> {
+    let job = job_from_row(row)?;
+    let inline: Option<Vec<Option<Vec<u8>>>> = row.try_get(JOB_COLUMNS)?;
+    let inline: Vec<Option<Bytes>> = inline
+        .unwrap_or_default()
+        .into_iter()
+        .map(|bytes| bytes.map(Bytes::from))
+        .collect();
+    if inline.len() != job.documents.len() {
+        return Err(StoreError::Internal(format!(
+            "job {} has {} documents and {} document rows",
+            job.id,
+            job.documents.len(),
+            inline.len()
+        )));
+    }
+    let has_estimate = row.try_get::<_, Option<JobId>>(JOB_COLUMNS + 1)?.is_some();
+    let estimate = has_estimate
+        .then(|| ledger::entry_from_row(row, JOB_COLUMNS + 1))
+        .transpose()?;
+    Ok(Claim {
+        job,
+        inline,
+        estimate,
+    })
+}
+
+/// How many columns `job_columns!` selects.
+const JOB_COLUMNS: usize = 19;
+
 /// A job from a `job_columns!` row, documents included.
 fn job_from_row(row: &Row) -> Result<Job, StoreError> {
     Ok(Job {
@@ -1056,10 +1118,15 @@ fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
+        // The server's own message, not just "db error".
+        let message = match error.as_db_error() {
+            Some(db) => format!("{error}: {db}"),
+            None => error.to_string(),
+        };
         if retryable(&error) {
-            StoreError::Unavailable(error.to_string())
+            StoreError::Unavailable(message)
         } else {
-            StoreError::Internal(error.to_string())
+            StoreError::Internal(message)
         }
     }
 }
@@ -1155,7 +1222,7 @@ impl JobStore for PostgresJobStore {
         queues: &[String],
         printer: &str,
         claimer: &Claimer,
-    ) -> Result<Option<Job>, StoreError> {
+    ) -> Result<Option<Claim>, StoreError> {
         if queues.is_empty() {
             return Ok(None);
         }
@@ -1248,7 +1315,7 @@ impl JobStore for PostgresJobStore {
     }
 
     async fn record_settlement(&self, entry: LedgerEntry) -> Result<bool, StoreError> {
-        super::settlement_only(&entry)?;
+        super::settlement_only(&entry, entry.job)?;
         self.bounded(async {
             let client = self.database.bookkeeping_client().await?;
             ledger::insert(&client, &entry).await

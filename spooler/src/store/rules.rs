@@ -4,8 +4,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Outcome, REASON_ACCOUNT_LIMIT, UserAction, WhichJobs};
-use crate::job::{Claimer, JobState};
+use super::{Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs, settlement_only};
+use crate::accounting::ledger::LedgerEntry;
+use crate::job::{Claimer, JobId, JobState};
 
 /// `job-state-reasons` keywords the store sets (RFC 8011 section 5.3.8).
 pub(crate) const REASON_INCOMING: &str = "job-incoming";
@@ -124,14 +125,19 @@ pub(crate) struct Finished {
     pub retry_at_ms: Option<i64>,
     pub impressions: Option<i64>,
     pub sheets: Option<i64>,
+    /// Recorded with the completion (see `Outcome::Completed`).
+    pub settlement: Option<LedgerEntry>,
 }
 
-pub(crate) fn finished(outcome: Outcome, now_s: i64) -> Finished {
-    match outcome {
+/// What the outcome of job `id`'s attempt writes; an error for a settlement that is not
+/// this job's.
+pub(crate) fn finished(id: JobId, outcome: Outcome, now_s: i64) -> Result<Finished, StoreError> {
+    Ok(match outcome {
         Outcome::Completed {
             printer,
             impressions,
             sheets,
+            settlement,
         } => Finished {
             state: JobState::Completed,
             reasons: vec![REASON_COMPLETED.to_string()],
@@ -141,6 +147,9 @@ pub(crate) fn finished(outcome: Outcome, now_s: i64) -> Finished {
             retry_at_ms: None,
             impressions,
             sheets,
+            settlement: settlement
+                .map(|entry| settlement_only(&entry, id).map(|()| entry))
+                .transpose()?,
         },
         Outcome::Aborted { printer, message } => Finished {
             state: JobState::Aborted,
@@ -151,6 +160,7 @@ pub(crate) fn finished(outcome: Outcome, now_s: i64) -> Finished {
             retry_at_ms: None,
             impressions: None,
             sheets: None,
+            settlement: None,
         },
         Outcome::Retry {
             printer,
@@ -165,8 +175,9 @@ pub(crate) fn finished(outcome: Outcome, now_s: i64) -> Finished {
             retry_at_ms: Some(retry_at_ms),
             impressions: None,
             sheets: None,
+            settlement: None,
         },
-    }
+    })
 }
 
 /// The range of IPP state values a `which-jobs` selects.
@@ -263,13 +274,15 @@ mod tests {
     #[test]
     fn retry_keeps_the_job_pending_with_its_message() {
         let update = finished(
+            1,
             Outcome::Retry {
                 printer: "p".into(),
                 message: "offline".into(),
                 retry_at_ms: 42,
             },
             7,
-        );
+        )
+        .expect("a retry writes");
         assert_eq!(update.state, JobState::Pending);
         assert_eq!(update.retry_at_ms, Some(42));
         assert_eq!(update.completed_at, None);

@@ -30,7 +30,8 @@ use super::rules::{
     state_range, user_transition, without,
 };
 use super::{
-    JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs, filter,
+    Claim, JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs,
+    filter,
 };
 use crate::accounting::ledger::{Admission, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::QuotaDecision;
@@ -1094,10 +1095,11 @@ fn check_leads(conn: &Connection, claimer: &Claimer) -> Result<(), StoreError> {
 
 fn claim_next(
     conn: &Connection,
+    log: &DocumentLog,
     queues: &str,
     printer: &str,
     claimer: &Claimer,
-) -> Result<Option<Job>, StoreError> {
+) -> Result<Option<Claim>, StoreError> {
     check_leads(conn, claimer)?;
     let (now_s, now_ms) = now();
     let claimed: Option<JobId> = conn
@@ -1130,7 +1132,29 @@ fn claim_next(
             |row| row.get(0),
         )
         .optional()?;
-    claimed.map(|id| existing_job(conn, id)).transpose()
+    let Some(id) = claimed else {
+        return Ok(None);
+    };
+    let job = existing_job(conn, id)?;
+    let inline = job
+        .documents
+        .iter()
+        .map(|document| match inline_document(conn, log, id, document.number) {
+            // Lost for good: claimed without its bytes, so dispatch aborts the job rather
+            // than every claim of the queue failing on it.
+            Err(StoreError::Document(error)) if error.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::error!(job = id, document = document.number, %error, "the document's record in the document log is damaged");
+                Ok(None)
+            }
+            read => read,
+        })
+        .collect::<Result<_, _>>()?;
+    let estimate = ledger::estimate(conn, id)?;
+    Ok(Some(Claim {
+        job,
+        inline,
+        estimate,
+    }))
 }
 
 fn finish(
@@ -1152,7 +1176,7 @@ fn finish(
         Fence::Holds => {}
     }
     let (now_s, _) = now();
-    let update = finished(outcome, now_s);
+    let update = finished(id, outcome, now_s)?;
     conn.prepare_cached(
         "UPDATE jobs SET state = ?2, reasons = ?3, message = ?4, printer = ?5, \
          completed_at = ?6, retry_at_ms = COALESCE(?7, retry_at_ms), \
@@ -1172,6 +1196,9 @@ fn finish(
     ])?;
     if update.state == JobState::Aborted {
         ledger::refund(conn, id, Some(&update.printer), now_ms())?;
+    }
+    if let Some(settlement) = &update.settlement {
+        ledger::insert(conn, settlement)?;
     }
     existing_job(conn, id)
 }
@@ -1418,16 +1445,19 @@ impl JobStore for SqliteJobStore {
         queues: &[String],
         printer: &str,
         claimer: &Claimer,
-    ) -> Result<Option<Job>, StoreError> {
+    ) -> Result<Option<Claim>, StoreError> {
         if queues.is_empty() {
             return Ok(None);
         }
         let queues = to_json(queues)?;
         let printer = printer.to_string();
         let claimer = claimer.clone();
+        let log = self.documents.clone();
         // Usually made while the printer receives its current job (see `dispatch`).
-        self.write_relaxed_with_batch(move |conn| claim_next(conn, &queues, &printer, &claimer))
-            .await
+        self.write_relaxed_with_batch(move |conn| {
+            claim_next(conn, &log, &queues, &printer, &claimer)
+        })
+        .await
     }
 
     async fn finish(
@@ -1554,7 +1584,7 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn record_settlement(&self, entry: LedgerEntry) -> Result<bool, StoreError> {
-        super::settlement_only(&entry)?;
+        super::settlement_only(&entry, entry.job)?;
         // Bookkeeping after a completion, like the completion itself: one lost to a power
         // loss is made again by the sweep of completed, unsettled jobs at the next start.
         self.write_relaxed(move |conn| ledger::insert(conn, &entry))
@@ -1799,7 +1829,10 @@ mod tests {
             store.claim_next(&queues, "printer", &claimer),
             store.create_job(new_job("bob")),
         );
-        assert_eq!(claimed.expect("claim").map(|j| j.id), Some(job.id));
+        assert_eq!(
+            claimed.expect("claim").map(|claim| claim.job.id),
+            Some(job.id)
+        );
         let created = created.expect("create");
         drop(store);
         let reopened = SqliteJobStore::open(&backend.path()).expect("reopen");

@@ -87,6 +87,7 @@ async fn complete(store: &dyn JobStore, queue: &str, id: JobId, impressions: Opt
         .claim_next(&queues(&[queue]), "printer-1", &me)
         .await
         .expect("claim")
+        .map(|claim| claim.job)
         .expect("a job to claim");
     assert_eq!(claimed.id, id);
     store
@@ -97,6 +98,7 @@ async fn complete(store: &dyn JobStore, queue: &str, id: JobId, impressions: Opt
                 printer: "printer-1".into(),
                 impressions,
                 sheets: impressions,
+                settlement: None,
             },
         )
         .await
@@ -193,6 +195,103 @@ pub(crate) async fn ledger_estimate_and_settlement(backend: &dyn Backend) {
     assert_eq!(total(&entries_of(store.as_ref(), id).await), 30);
 }
 
+/// Dispatch settles in its two trips to the store: the claim brings the job's estimate, and
+/// the completion records the settlement with it, never for a job canceled meanwhile.
+pub(crate) async fn settlement_with_the_completion(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let me = claimer("ledger", 1);
+    let completed = |settlement: Option<LedgerEntry>| Outcome::Completed {
+        printer: "printer-1".into(),
+        impressions: Some(6),
+        sheets: Some(6),
+        settlement,
+    };
+    let settlement_of = |estimate: &LedgerEntry| LedgerEntry {
+        kind: EntryKind::Settlement,
+        printer: Some("printer-1".into()),
+        impressions: 2,
+        sheets: 2,
+        amount: 10,
+        ..estimate.clone()
+    };
+    let claim = |store: Arc<dyn JobStore>| {
+        let me = me.clone();
+        async move {
+            store
+                .claim_next(&queues(&["office"]), "printer-1", &me)
+                .await
+                .expect("claim")
+                .expect("a job to claim")
+        }
+    };
+
+    let id = create(
+        store.as_ref(),
+        admitted("office", "alice", admission("alice", 4, Vec::new())),
+    )
+    .await;
+    let claimed = claim(store.clone()).await;
+    assert_eq!(claimed.job.id, id);
+    let estimate = claimed.estimate.expect("the claim brings the estimate");
+    assert_eq!(entries_of(store.as_ref(), id).await, vec![estimate.clone()]);
+
+    // Another job's settlement is refused, and the job stays as it was.
+    let elsewhere = LedgerEntry {
+        job: id + 1000,
+        ..settlement_of(&estimate)
+    };
+    assert!(matches!(
+        store.finish(id, &me, completed(Some(elsewhere))).await,
+        Err(StoreError::Internal(_))
+    ));
+    assert_eq!(state_of(store.as_ref(), id).await, JobState::Processing);
+
+    let finished = store
+        .finish(id, &me, completed(Some(settlement_of(&estimate))))
+        .await
+        .expect("finish");
+    assert_eq!(finished.state, JobState::Completed);
+    let entries = entries_of(store.as_ref(), id).await;
+    assert_eq!(
+        kinds(&entries),
+        vec![EntryKind::Estimate, EntryKind::Settlement]
+    );
+    assert_eq!(total(&entries), 30);
+    assert!(
+        store
+            .unsettled_jobs(10)
+            .await
+            .expect("unsettled")
+            .is_empty(),
+        "settled with its completion"
+    );
+
+    // Canceled while it printed: refunded, and the late completion settles nothing.
+    let canceled = create(
+        store.as_ref(),
+        admitted("office", "bob", admission("bob", 4, Vec::new())),
+    )
+    .await;
+    let claimed = claim(store.clone()).await;
+    assert_eq!(claimed.job.id, canceled);
+    store
+        .apply(canceled, UserAction::Cancel)
+        .await
+        .expect("cancel");
+    let estimate = claimed.estimate.expect("estimate");
+    let finished = store
+        .finish(canceled, &me, completed(Some(settlement_of(&estimate))))
+        .await
+        .expect("finish");
+    assert_eq!(finished.state, JobState::Canceled);
+    let entries = entries_of(store.as_ref(), canceled).await;
+    assert_eq!(
+        kinds(&entries),
+        vec![EntryKind::Estimate, EntryKind::Refund]
+    );
+    assert_eq!(total(&entries), 0);
+}
+
 pub(crate) async fn ledger_refunds(backend: &dyn Backend) {
     let store = backend.open().await;
     // Canceled while pending.
@@ -224,6 +323,7 @@ pub(crate) async fn ledger_refunds(backend: &dyn Backend) {
         .claim_next(&queues(&["lab"]), "printer-2", &me)
         .await
         .expect("claim")
+        .map(|claim| claim.job)
         .expect("claimed");
     store
         .finish(

@@ -9,6 +9,7 @@
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 use crate::accounting::ledger::{Admission, EntryKind, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::{self, Charge, QuotaDecision, Scope, Spent, Totals};
@@ -41,6 +42,16 @@ pub(super) const MIGRATION: &str = "
     CREATE INDEX ledger_by_group ON ledger USING GIN (user_groups);
     CREATE INDEX ledger_by_time ON ledger (at_ms);
 ";
+
+/// A ledger row's columns, in the order `entry_from_row` reads them and `EntryParams`
+/// binds them.
+macro_rules! ledger_columns {
+    () => {
+        "job_id, kind, at_ms, queue, printer, user_name, user_groups, account, impressions, \
+         sheets, color, amount, currency, flagged"
+    };
+}
+pub(super) use ledger_columns;
 
 /// Columns in the order `entry_from_row` reads them; `printer` of an estimate is the
 /// printer of its job's settlement when there is one.
@@ -171,35 +182,79 @@ pub(super) async fn insert(
 ) -> Result<bool, StoreError> {
     // Prepared once per connection: every submission records an estimate.
     let statement = client
-        .prepare_cached(
-            "INSERT INTO ledger (job_id, kind, at_ms, queue, printer, user_name, user_groups, \
-             account, impressions, sheets, color, amount, currency, flagged) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT DO NOTHING",
-        )
+        .prepare_cached(concat!(
+            "INSERT INTO ledger (",
+            ledger_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT DO NOTHING"
+        ))
         .await?;
     let inserted = client
-        .execute(
-            &statement,
-            &[
-                &entry.job,
-                &entry.kind.keyword(),
-                &entry.at_ms,
-                &entry.queue,
-                &entry.printer,
-                &entry.user,
-                &entry.groups,
-                &entry.account,
-                &entry.impressions,
-                &entry.sheets,
-                &entry.color,
-                &entry.amount,
-                &entry.currency,
-                &entry.flagged,
-            ],
-        )
+        .execute(&statement, &EntryParams::of(Some(entry)).params())
         .await?;
     Ok(inserted == 1)
+}
+
+/// A ledger entry as statement parameters, in `ledger_columns!` order: all NULL for none.
+#[derive(Default)]
+pub(super) struct EntryParams<'a> {
+    job: Option<JobId>,
+    kind: Option<&'static str>,
+    at_ms: Option<i64>,
+    queue: Option<&'a str>,
+    printer: Option<&'a str>,
+    user: Option<&'a str>,
+    groups: Option<&'a [String]>,
+    account: Option<&'a str>,
+    impressions: Option<i64>,
+    sheets: Option<i64>,
+    color: Option<bool>,
+    amount: Option<i64>,
+    currency: Option<&'a str>,
+    flagged: Option<bool>,
+}
+
+impl<'a> EntryParams<'a> {
+    pub(super) fn of(entry: Option<&'a LedgerEntry>) -> EntryParams<'a> {
+        let Some(entry) = entry else {
+            return EntryParams::default();
+        };
+        EntryParams {
+            job: Some(entry.job),
+            kind: Some(entry.kind.keyword()),
+            at_ms: Some(entry.at_ms),
+            queue: Some(&entry.queue),
+            printer: entry.printer.as_deref(),
+            user: Some(&entry.user),
+            groups: Some(&entry.groups),
+            account: entry.account.as_deref(),
+            impressions: Some(entry.impressions),
+            sheets: Some(entry.sheets),
+            color: Some(entry.color),
+            amount: Some(entry.amount),
+            currency: Some(&entry.currency),
+            flagged: Some(entry.flagged),
+        }
+    }
+
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+        [
+            &self.job,
+            &self.kind,
+            &self.at_ms,
+            &self.queue,
+            &self.printer,
+            &self.user,
+            &self.groups,
+            &self.account,
+            &self.impressions,
+            &self.sheets,
+            &self.color,
+            &self.amount,
+            &self.currency,
+            &self.flagged,
+        ]
+    }
 }
 
 /// Records the refund of job `id` (its estimate negated) unless it has no estimate or
@@ -211,12 +266,14 @@ pub(super) async fn refund(
     at_ms: i64,
 ) -> Result<(), StoreError> {
     tx.execute(
-        "INSERT INTO ledger (job_id, kind, at_ms, queue, printer, user_name, user_groups, \
-         account, impressions, sheets, color, amount, currency, flagged) \
-         SELECT job_id, 'refund', $2, queue, $3, user_name, user_groups, account, \
+        concat!(
+            "INSERT INTO ledger (",
+            ledger_columns!(),
+            ") SELECT job_id, 'refund', $2, queue, $3, user_name, user_groups, account, \
                 -impressions, -sheets, color, -amount, currency, flagged \
-         FROM ledger WHERE job_id = $1 AND kind = 'estimate' \
-         ON CONFLICT DO NOTHING",
+             FROM ledger WHERE job_id = $1 AND kind = 'estimate' \
+             ON CONFLICT DO NOTHING"
+        ),
         &[&id, &at_ms, &printer],
     )
     .await?;
@@ -239,7 +296,7 @@ pub(super) async fn entries(
     let rows = client
         .query(&statement, &[&query.from_ms, &query.to_ms, &query.job])
         .await?;
-    rows.iter().map(entry_from_row).collect()
+    rows.iter().map(|row| entry_from_row(row, 0)).collect()
 }
 
 pub(super) async fn unsettled(
@@ -262,25 +319,26 @@ pub(super) async fn unsettled(
         .collect::<Result<_, _>>()?)
 }
 
-fn entry_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
-    let kind: &str = row.try_get(1)?;
+/// The entry whose `ledger_columns!` start at column `first` of `row`.
+pub(super) fn entry_from_row(row: &Row, first: usize) -> Result<LedgerEntry, StoreError> {
+    let kind: &str = row.try_get(first + 1)?;
     Ok(LedgerEntry {
-        job: row.try_get(0)?,
+        job: row.try_get(first)?,
         kind: EntryKind::from_keyword(kind).ok_or_else(|| {
             StoreError::Internal(format!("unknown ledger entry kind {kind:?} in the store"))
         })?,
-        at_ms: row.try_get(2)?,
-        queue: row.try_get(3)?,
-        printer: row.try_get(4)?,
-        user: row.try_get(5)?,
-        groups: row.try_get(6)?,
-        account: row.try_get(7)?,
-        impressions: row.try_get(8)?,
-        sheets: row.try_get(9)?,
-        color: row.try_get(10)?,
-        amount: row.try_get(11)?,
-        currency: row.try_get(12)?,
-        flagged: row.try_get(13)?,
+        at_ms: row.try_get(first + 2)?,
+        queue: row.try_get(first + 3)?,
+        printer: row.try_get(first + 4)?,
+        user: row.try_get(first + 5)?,
+        groups: row.try_get(first + 6)?,
+        account: row.try_get(first + 7)?,
+        impressions: row.try_get(first + 8)?,
+        sheets: row.try_get(first + 9)?,
+        color: row.try_get(first + 10)?,
+        amount: row.try_get(first + 11)?,
+        currency: row.try_get(first + 12)?,
+        flagged: row.try_get(first + 13)?,
     })
 }
 

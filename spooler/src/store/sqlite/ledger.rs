@@ -274,13 +274,7 @@ pub(super) fn refund(
     printer: Option<&str>,
     at_ms: i64,
 ) -> Result<(), StoreError> {
-    let estimate = conn
-        .prepare_cached(&format!(
-            "{SELECT_ENTRIES} WHERE l.job_id = ?1 AND l.kind = 'estimate'"
-        ))?
-        .query_row([id], entry_from_row)
-        .optional()?;
-    if let Some(estimate) = estimate {
+    if let Some(estimate) = estimate(conn, id)? {
         // Ignored (like any second closing entry) when the job already has one.
         insert(
             conn,
@@ -288,6 +282,16 @@ pub(super) fn refund(
         )?;
     }
     Ok(())
+}
+
+/// Job `id`'s estimate, if it has one.
+pub(super) fn estimate(conn: &Connection, id: JobId) -> Result<Option<LedgerEntry>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "{SELECT_ENTRIES} WHERE l.job_id = ?1 AND l.kind = 'estimate'"
+        ))?
+        .query_row([id], entry_from_row)
+        .optional()?)
 }
 
 pub(super) fn entries(
