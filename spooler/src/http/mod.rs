@@ -254,8 +254,8 @@ async fn readiness(app: &App, draining: &AtomicBool) -> Response<Full<Bytes>> {
     if draining.load(Ordering::SeqCst) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     }
-    match app.store.queue_depths().await {
-        Ok(_) => text(StatusCode::OK, "ready\n"),
+    match app.store.ready().await {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
         Err(error) => {
             tracing::warn!(%error, "not ready: job store unavailable");
             text(StatusCode::SERVICE_UNAVAILABLE, "job store unavailable\n")

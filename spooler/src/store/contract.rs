@@ -1216,6 +1216,7 @@ pub(crate) async fn next_epoch(backend: &dyn Backend) {
 
 pub(crate) async fn queue_depths(backend: &dyn Backend) {
     let store = backend.open().await;
+    store.ready().await.expect("a store that answers is ready");
     for _ in 0..3 {
         create(store.as_ref(), new_job("office", "alice")).await;
     }

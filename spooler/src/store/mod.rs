@@ -226,6 +226,9 @@ pub trait JobStore: Send + Sync {
     async fn paused_queues(&self) -> Result<Vec<String>, StoreError>;
     /// Unfinished jobs per queue.
     async fn queue_depths(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Whether the store can take jobs now (`/readyz`): it answers, and it can still make
+    /// writes durable (`Unavailable` otherwise).
+    async fn ready(&self) -> Result<(), StoreError>;
     /// Drop finished jobs of `queue` that finished before `finished_before` (unix s), and
     /// beyond the newest `keep_at_most`. Returns the document keys to delete.
     async fn purge_history(

@@ -833,6 +833,11 @@ impl Database {
             .collect::<Result<_, _>>()?)
     }
 
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.client().await?.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
     async fn queue_depths(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let client = self.client().await?;
         let rows = client
@@ -1295,6 +1300,10 @@ impl JobStore for PostgresJobStore {
 
     async fn queue_depths(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.bounded(self.database.queue_depths()).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.bounded(self.database.ready()).await
     }
 
     async fn purge_history(

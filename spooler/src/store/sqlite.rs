@@ -263,6 +263,12 @@ impl SqliteJobStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        // After a failed fsync nothing more is changed, not even dispatch's bookkeeping: a
+        // job whose submission was refused must not print, and the restart recovers from
+        // what is on disk.
+        if let Some(failure) = self.sync_failure.get() {
+            return Err(StoreError::Unavailable(failure.clone()));
+        }
         let (reply, answer) = oneshot::channel();
         let request = Box::new(Request {
             work: Some(work),
@@ -1538,11 +1544,16 @@ impl JobStore for SqliteJobStore {
         .await
     }
 
-    async fn queue_depths(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        // Asked by `/readyz`: a store that can no longer make writes durable is not ready.
+    async fn ready(&self) -> Result<(), StoreError> {
+        // A store that can no longer make writes durable takes no more jobs.
         if let Some(failure) = self.sync_failure.get() {
             return Err(StoreError::Unavailable(failure.clone()));
         }
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    async fn queue_depths(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.read(|conn| {
             let depths = conn
                 .prepare_cached(
@@ -1998,15 +2009,15 @@ mod tests {
         }
     }
 
-    /// After an fsync of the log fails, no write is acknowledged, even once fsyncs succeed
-    /// again, and the store is not ready. The log's path vanishing makes the syncer's fsync
+    /// After an fsync of the log fails, no write is acknowledged or made, even once fsyncs
+    /// succeed again, and the store is not ready. The log's path vanishing makes the syncer's fsync
     /// fail; a new file at that path then lets fsyncs succeed, of a file that is not the log.
     #[tokio::test]
     async fn after_a_failed_fsync_nothing_is_acknowledged_until_a_restart() {
         let backend = SqliteBackend::new();
         let store = SqliteJobStore::open(&backend.path()).expect("open");
         store.create_job(new_job("before")).await.expect("create");
-        store.queue_depths().await.expect("ready");
+        store.ready().await.expect("ready");
         let log = log_path(&backend.path());
         std::fs::remove_file(&log).expect("remove the log's name");
         for attempt in ["fsync fails", "fsync of another file succeeds"] {
@@ -2018,8 +2029,21 @@ mod tests {
             std::fs::write(&log, b"").expect("a file where the log was");
         }
         assert!(
-            matches!(store.queue_depths().await, Err(StoreError::Unavailable(_))),
+            matches!(store.ready().await, Err(StoreError::Unavailable(_))),
             "ready after a failed fsync"
+        );
+        // Nor does dispatch go on: a refused submission's row must not print.
+        let me = Claimer {
+            id: "spooler-0".into(),
+            epoch: 1,
+            shard: None,
+        };
+        assert!(
+            matches!(
+                store.claim_next(&["office".to_string()], "p1", &me).await,
+                Err(StoreError::Unavailable(_))
+            ),
+            "claimed after a failed fsync"
         );
     }
 
