@@ -200,11 +200,37 @@ pub(crate) async fn ledger_estimate_and_settlement(backend: &dyn Backend) {
 pub(crate) async fn settlement_with_the_completion(backend: &dyn Backend) {
     let store = backend.open().await;
     let me = claimer("ledger", 1);
-    let completed = |settlement: Option<LedgerEntry>| Outcome::Completed {
-        printer: "printer-1".into(),
-        impressions: Some(6),
-        sheets: Some(6),
-        settlement,
+    // Claims the only pending job of "office", admitted for `user`: its id and estimate.
+    let admit_and_claim = |user: &'static str| {
+        let (store, me) = (store.clone(), me.clone());
+        async move {
+            let id = create(
+                store.as_ref(),
+                admitted("office", user, admission(user, 4, Vec::new())),
+            )
+            .await;
+            let claimed = store
+                .claim_next(&queues(&["office"]), "printer-1", &me)
+                .await
+                .expect("claim")
+                .expect("a job to claim");
+            assert_eq!(claimed.job.id, id);
+            (id, claimed.estimate.expect("the claim brings the estimate"))
+        }
+    };
+    // Completes job `id` with `settlement`: the job's state and its ledger entries after.
+    let complete = |id: JobId, settlement: LedgerEntry| {
+        let (store, me) = (store.clone(), me.clone());
+        async move {
+            let outcome = Outcome::Completed {
+                printer: "printer-1".into(),
+                impressions: Some(6),
+                sheets: Some(6),
+                settlement: Some(settlement),
+            };
+            let state = store.finish(id, &me, outcome).await.map(|job| job.state);
+            (state, entries_of(store.as_ref(), id).await)
+        }
     };
     let settlement_of = |estimate: &LedgerEntry| LedgerEntry {
         kind: EntryKind::Settlement,
@@ -214,44 +240,24 @@ pub(crate) async fn settlement_with_the_completion(backend: &dyn Backend) {
         amount: 10,
         ..estimate.clone()
     };
-    let claim = |store: Arc<dyn JobStore>| {
-        let me = me.clone();
-        async move {
-            store
-                .claim_next(&queues(&["office"]), "printer-1", &me)
-                .await
-                .expect("claim")
-                .expect("a job to claim")
-        }
-    };
 
-    let id = create(
-        store.as_ref(),
-        admitted("office", "alice", admission("alice", 4, Vec::new())),
-    )
-    .await;
-    let claimed = claim(store.clone()).await;
-    assert_eq!(claimed.job.id, id);
-    let estimate = claimed.estimate.expect("the claim brings the estimate");
+    let (id, estimate) = admit_and_claim("alice").await;
     assert_eq!(entries_of(store.as_ref(), id).await, vec![estimate.clone()]);
-
     // Another job's settlement is refused, and the job stays as it was.
     let elsewhere = LedgerEntry {
         job: id + 1000,
         ..settlement_of(&estimate)
     };
-    assert!(matches!(
-        store.finish(id, &me, completed(Some(elsewhere))).await,
-        Err(StoreError::Internal(_))
-    ));
+    let (refused, entries) = complete(id, elsewhere).await;
+    assert!(
+        matches!(refused, Err(StoreError::Internal(_))),
+        "{refused:?}"
+    );
+    assert_eq!(kinds(&entries), vec![EntryKind::Estimate]);
     assert_eq!(state_of(store.as_ref(), id).await, JobState::Processing);
 
-    let finished = store
-        .finish(id, &me, completed(Some(settlement_of(&estimate))))
-        .await
-        .expect("finish");
-    assert_eq!(finished.state, JobState::Completed);
-    let entries = entries_of(store.as_ref(), id).await;
+    let (state, entries) = complete(id, settlement_of(&estimate)).await;
+    assert_eq!(state.expect("finish"), JobState::Completed);
     assert_eq!(
         kinds(&entries),
         vec![EntryKind::Estimate, EntryKind::Settlement]
@@ -267,24 +273,13 @@ pub(crate) async fn settlement_with_the_completion(backend: &dyn Backend) {
     );
 
     // Canceled while it printed: refunded, and the late completion settles nothing.
-    let canceled = create(
-        store.as_ref(),
-        admitted("office", "bob", admission("bob", 4, Vec::new())),
-    )
-    .await;
-    let claimed = claim(store.clone()).await;
-    assert_eq!(claimed.job.id, canceled);
+    let (canceled, estimate) = admit_and_claim("bob").await;
     store
         .apply(canceled, UserAction::Cancel)
         .await
         .expect("cancel");
-    let estimate = claimed.estimate.expect("estimate");
-    let finished = store
-        .finish(canceled, &me, completed(Some(settlement_of(&estimate))))
-        .await
-        .expect("finish");
-    assert_eq!(finished.state, JobState::Canceled);
-    let entries = entries_of(store.as_ref(), canceled).await;
+    let (state, entries) = complete(canceled, settlement_of(&estimate)).await;
+    assert_eq!(state.expect("finish"), JobState::Canceled);
     assert_eq!(
         kinds(&entries),
         vec![EntryKind::Estimate, EntryKind::Refund]
