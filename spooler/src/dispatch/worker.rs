@@ -354,33 +354,14 @@ impl PrinterWorker {
         };
         let seconds = started.elapsed().as_secs_f64();
         match result {
-            Ok(Delivery {
-                impressions,
-                sheets,
-            }) => {
-                tracing::info!(seconds, ?impressions, ?sheets, "job delivered");
-                let settlement = estimate.map(|estimate| {
-                    let printed = Job {
-                        impressions_completed: impressions,
-                        sheets_completed: sheets,
-                        ..job.clone()
-                    };
-                    accounting::settle::settlement(&self.app, estimate, &printed)
-                });
-                let outcome = Outcome::Completed {
-                    printer: self.name.clone(),
-                    impressions,
-                    sheets,
-                    settlement: settlement.clone(),
-                };
-                let completed = self
-                    .finish(job, outcome)
-                    .await
-                    .is_some_and(|finished| finished.state == JobState::Completed);
-                // Recorded with the completion, so counted once, by whoever completed it.
-                if completed && let (Some(estimate), Some(settlement)) = (estimate, &settlement) {
-                    accounting::settle::count(&self.app, estimate, settlement).await;
-                }
+            Ok(delivery) => {
+                tracing::info!(
+                    seconds,
+                    impressions = ?delivery.impressions,
+                    sheets = ?delivery.sheets,
+                    "job delivered"
+                );
+                self.complete(job, estimate, delivery).await;
                 JobEnd::Done
             }
             Err(BackendError::Refused(message)) => {
@@ -393,6 +374,37 @@ impl PrinterWorker {
                 self.finish(job, self.retry(job, &error.to_string())).await;
                 JobEnd::PrinterFailed
             }
+        }
+    }
+
+    /// Records the completion of `job`, with its settlement when it was admitted with
+    /// `estimate`, and counts its usage and cost once the settlement is recorded (with the
+    /// completion, so whoever completes the job counts it, once).
+    async fn complete(&self, job: &Job, estimate: Option<&LedgerEntry>, delivery: Delivery) {
+        let Delivery {
+            impressions,
+            sheets,
+        } = delivery;
+        let settlement = estimate.map(|estimate| {
+            let printed = Job {
+                impressions_completed: impressions,
+                sheets_completed: sheets,
+                ..job.clone()
+            };
+            accounting::settle::settlement(&self.app, estimate, &printed)
+        });
+        let outcome = Outcome::Completed {
+            printer: self.name.clone(),
+            impressions,
+            sheets,
+            settlement: settlement.clone(),
+        };
+        let completed = self
+            .finish(job, outcome)
+            .await
+            .is_some_and(|finished| finished.state == JobState::Completed);
+        if completed && let (Some(estimate), Some(settlement)) = (estimate, &settlement) {
+            accounting::settle::count(&self.app, estimate, settlement).await;
         }
     }
 
