@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::accounting::admission::{InstallationSalt, SaltError};
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::dispatch::DispatchHandle;
@@ -43,11 +44,20 @@ pub struct App {
     pub dispatch: DispatchHandle,
     pub metrics: Metrics,
     pub auth: Authenticator,
+    /// Read through `installation_salt`.
+    pub salt: InstallationSalt,
 }
 
 impl App {
     /// The configuration in force now.
     pub fn config(&self) -> Arc<Config> {
         self.config.borrow().clone()
+    }
+
+    /// The installation's salt for hashed user labels, read from the job store once.
+    pub async fn installation_salt(&self) -> Result<Arc<Vec<u8>>, SaltError> {
+        self.salt
+            .get(self.store.as_ref(), &self.settings.state_dir)
+            .await
     }
 }

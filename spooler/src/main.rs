@@ -190,6 +190,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         dispatch: DispatchHandle::new(),
         metrics: Metrics::new(),
         auth: Authenticator::new(secrets_dir),
+        salt: Default::default(),
     });
 
     let listener = TcpListener::bind(cli.listen)

@@ -1,9 +1,8 @@
 //! Admission glue: a queue's parsed policy, billing codes, page counts of submitted
 //! documents, and the [`Admission`] the store checks and records atomically.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use printfleet_crds::AccountingPolicySpec;
@@ -59,14 +58,6 @@ pub fn privacy_of_queue(config: &Config, queue: &str) -> PrivacyMode {
     policy_of_queue(config, queue).map_or_else(PrivacyMode::default, |policy| policy.spec.privacy)
 }
 
-/// Salts by state directory, fetched once per process.
-static SALTS: LazyLock<Mutex<HashMap<PathBuf, Arc<Vec<u8>>>>> = LazyLock::new(Default::default);
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves the map consistent, even if it panicked.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Why the installation's salt is not at hand.
 #[derive(Debug, thiserror::Error)]
 pub enum SaltError {
@@ -82,13 +73,26 @@ pub async fn installation_salt(
     store: &dyn crate::store::JobStore,
     state_dir: &Path,
 ) -> Result<Arc<Vec<u8>>, SaltError> {
-    if let Some(salt) = lock(&SALTS).get(state_dir) {
-        return Ok(salt.clone());
-    }
     let proposed = super::privacy::proposed_salt(state_dir)?;
-    let salt = Arc::new(store.installation_salt(&proposed).await?);
-    lock(&SALTS).insert(state_dir.to_path_buf(), salt.clone());
-    Ok(salt)
+    Ok(Arc::new(store.installation_salt(&proposed).await?))
+}
+
+/// The installation's salt as a running spooler keeps it: read from the job store at first
+/// use, then kept (once stored, it never changes).
+#[derive(Debug, Default)]
+pub struct InstallationSalt(tokio::sync::OnceCell<Arc<Vec<u8>>>);
+
+impl InstallationSalt {
+    pub async fn get(
+        &self,
+        store: &dyn crate::store::JobStore,
+        state_dir: &Path,
+    ) -> Result<Arc<Vec<u8>>, SaltError> {
+        self.0
+            .get_or_try_init(|| installation_salt(store, state_dir))
+            .await
+            .cloned()
+    }
 }
 
 /// Why a job's billing code is refused.

@@ -10,7 +10,8 @@
 //! - [`pricing::PriceList::from_policy`] — prices; a queue without a policy uses
 //!   [`pricing::PriceList::free`] (zero, currency `XXX`), so its jobs are still counted.
 //! - [`quota::QuotaRules::from_policy`] — quotas and the policy's time zone.
-//! - [`admission::installation_salt`] once per process (the job store keeps it), then
+//! - [`admission::installation_salt`] once per spooler (`App::installation_salt`; the job
+//!   store keeps it), then
 //!   [`privacy::user_label`] with the policy's `privacy` mode for every metric or report
 //!   label.
 //!

@@ -19,6 +19,7 @@ use super::admission::privacy_of_queue;
 use super::ledger::{LedgerEntry, LedgerQuery};
 use super::pricing::Money;
 use super::privacy::user_label;
+use crate::app::App;
 use crate::config::Config;
 use crate::store::{JobStore, StoreError};
 
@@ -560,22 +561,17 @@ fn percent_decode(value: &str) -> Option<String> {
 }
 
 /// Answers `GET /api/v1/reports/<dimension>?...` from the store.
-pub async fn http(
-    store: &dyn JobStore,
-    config: &Config,
-    state_dir: &std::path::Path,
-    path: &str,
-    query: Option<&str>,
-) -> HttpAnswer {
+pub async fn http(app: &App, path: &str, query: Option<&str>) -> HttpAnswer {
     let request = match parse_http(path, query) {
         Ok(request) => request,
         Err(answer) => return answer,
     };
-    let salt = match super::admission::installation_salt(store, state_dir).await {
+    let (store, config) = (app.store.as_ref(), app.config());
+    let salt = match app.installation_salt().await {
         Ok(salt) => salt,
         Err(error) => return HttpAnswer::error(500, format_args!("installation salt: {error}")),
     };
-    match generate(store, config, &salt, request.by, request.from, request.to).await {
+    match generate(store, &config, &salt, request.by, request.from, request.to).await {
         Ok(report) => HttpAnswer {
             status: 200,
             content_type: match request.format {

@@ -7,7 +7,7 @@ use crate::app::App;
 use crate::job::{Job, JobId, JobState};
 use crate::store::StoreError;
 
-use super::admission::{installation_salt, policy_of_queue, privacy_of_queue};
+use super::admission::{policy_of_queue, privacy_of_queue};
 use super::ledger::{self, EntryKind, LedgerEntry, LedgerQuery};
 use super::pricing::PriceList;
 use super::privacy::user_label;
@@ -78,7 +78,7 @@ pub async fn settle_unsettled(app: &App) -> Result<usize, StoreError> {
 /// Counts a completed job's final usage and cost (estimate plus settlement), once its
 /// settlement is recorded.
 pub async fn count(app: &App, estimate: &LedgerEntry, settlement: &LedgerEntry) {
-    let salt = installation_salt(app.store.as_ref(), &app.settings.state_dir).await;
+    let salt = app.installation_salt().await;
     let config = app.config();
     let privacy = privacy_of_queue(&config, &estimate.queue);
     let label = match salt {

@@ -103,6 +103,7 @@ impl Harness {
             dispatch: DispatchHandle::new(),
             metrics: Metrics::new(),
             auth: Authenticator::new(dir.path().join("secrets")),
+            salt: Default::default(),
         });
         let (shutdown, _) = watch::channel(false);
         Harness {

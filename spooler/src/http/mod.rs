@@ -179,15 +179,7 @@ async fn route(
         (&Method::GET, "/") => text(StatusCode::OK, overview(&app, &request)),
         (&Method::GET, icon) if icon.starts_with("/icons/") => queue_icon(&app, icon),
         (&Method::GET, reports) if reports.starts_with(accounting::report::HTTP_PREFIX) => {
-            let config = app.config();
-            let answer = accounting::report::http(
-                app.store.as_ref(),
-                &config,
-                &app.settings.state_dir,
-                reports,
-                request.uri().query(),
-            )
-            .await;
+            let answer = accounting::report::http(&app, reports, request.uri().query()).await;
             let mut response = text(
                 StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 answer.body,

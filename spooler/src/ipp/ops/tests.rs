@@ -95,6 +95,7 @@ fn harness() -> Harness {
         dispatch: DispatchHandle::new(),
         metrics: Metrics::new(),
         auth: Authenticator::new(secrets),
+        salt: Default::default(),
     };
     Harness {
         app: Arc::new(app),
@@ -867,6 +868,7 @@ async fn access_lists_forbid_other_users() {
         dispatch: DispatchHandle::new(),
         metrics: Metrics::new(),
         auth: Authenticator::new(harness.app.settings.secrets_dir.clone()),
+        salt: Default::default(),
     };
     let restricted = Harness {
         app: Arc::new(app),
