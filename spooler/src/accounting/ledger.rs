@@ -133,21 +133,22 @@ fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// The settlement of a completed job: what the printer reported, priced with the queue's
-/// current prices, minus the estimate. Without a printer count (or with a count of zero
-/// for a job estimated at some pages) the estimate stands (a zero delta). Sheets not reported are derived from the impressions and the estimate's
-/// sides. When the queue's currency changed since admission, the estimate stands too: a
-/// job is charged in one currency only.
+/// The settlement of a completed job: what its printer reported (impressions, sheets),
+/// priced with the queue's current prices, minus the estimate. Without a printer count (or
+/// with a count of zero for a job estimated at some pages) the estimate stands (a zero
+/// delta). Sheets not reported are derived from the impressions and the job's sides. When
+/// the queue's currency changed since admission, the estimate stands too: a job is charged
+/// in one currency only.
 pub fn settlement(
     estimate: &LedgerEntry,
     job: &Job,
+    (reported_impressions, reported_sheets): (Option<i64>, Option<i64>),
     prices: &PriceList,
     at_ms: i64,
 ) -> LedgerEntry {
     // A completed job of counted pages reported at zero impressions is a printer that does
     // not count (ippeveprinter without a print command, some drivers), not a free job.
-    let reported = job
-        .impressions_completed
+    let reported = reported_impressions
         .and_then(|n| u64::try_from(n).ok())
         .filter(|&n| n > 0 || estimate.impressions <= 0);
     let actual = match reported {
@@ -157,8 +158,7 @@ pub fn settlement(
                 .sides
                 .as_deref()
                 .is_some_and(|sides| sides.starts_with("two-sided"));
-            let sheets = job
-                .sheets_completed
+            let sheets = reported_sheets
                 .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or(if two_sided {
                     impressions.div_ceil(2)
@@ -254,7 +254,7 @@ mod tests {
         .estimate(7, "office", false)
     }
 
-    fn completed(impressions: Option<i64>, sheets: Option<i64>) -> Job {
+    fn completed() -> Job {
         Job {
             id: 7,
             queue: "office".into(),
@@ -273,15 +273,15 @@ mod tests {
             completed_at: Some(2),
             printer: Some("p1".into()),
             attempts: 1,
-            impressions_completed: impressions,
-            sheets_completed: sheets,
+            impressions_completed: None,
+            sheets_completed: None,
         }
     }
 
     #[test]
     fn settlement_is_the_difference_to_the_estimate() {
         let estimate = estimate();
-        let settled = settlement(&estimate, &completed(Some(6), None), &prices(), 2_000);
+        let settled = settlement(&estimate, &completed(), (Some(6), None), &prices(), 2_000);
         assert_eq!(settled.kind, EntryKind::Settlement);
         assert_eq!(settled.printer.as_deref(), Some("p1"));
         assert_eq!((settled.impressions, settled.sheets), (2, 2));
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn settlement_without_printer_counts_keeps_the_estimate() {
-        let settled = settlement(&estimate(), &completed(None, None), &prices(), 2_000);
+        let settled = settlement(&estimate(), &completed(), (None, None), &prices(), 2_000);
         assert_eq!(
             (settled.impressions, settled.sheets, settled.amount),
             (0, 0, 0)
@@ -302,7 +302,13 @@ mod tests {
 
     #[test]
     fn a_zero_count_is_no_count() {
-        let settled = settlement(&estimate(), &completed(Some(0), Some(0)), &prices(), 2_000);
+        let settled = settlement(
+            &estimate(),
+            &completed(),
+            (Some(0), Some(0)),
+            &prices(),
+            2_000,
+        );
         assert_eq!(settled.amount, 0);
     }
 
@@ -310,7 +316,8 @@ mod tests {
     fn settlement_in_another_currency_keeps_the_estimate() {
         let settled = settlement(
             &estimate(),
-            &completed(Some(100), Some(100)),
+            &completed(),
+            (Some(100), Some(100)),
             &PriceList::free(),
             2_000,
         );

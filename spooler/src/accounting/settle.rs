@@ -16,14 +16,25 @@ use super::privacy::user_label;
 const SWEEP_BATCH: usize = 256;
 
 /// The settlement of `job`, estimated at admission as `estimate`, whose printer reported
-/// `job.impressions_completed` and `job.sheets_completed`: priced with its queue's
-/// current prices.
-pub fn settlement(app: &App, estimate: &LedgerEntry, job: &Job) -> LedgerEntry {
+/// `counts` (impressions, sheets): priced with its queue's current prices.
+pub fn settlement(
+    app: &App,
+    estimate: &LedgerEntry,
+    job: &Job,
+    counts: (Option<i64>, Option<i64>),
+) -> LedgerEntry {
     let config = app.config();
-    let prices = policy_of_queue(&config, &job.queue)
-        .map_or_else(PriceList::free, |policy| policy.prices.clone());
+    let policy = policy_of_queue(&config, &job.queue);
+    let free;
+    let prices = match &policy {
+        Some(policy) => &policy.prices,
+        None => {
+            free = PriceList::free();
+            &free
+        }
+    };
     let now_ms = jiff::Timestamp::now().as_millisecond();
-    ledger::settlement(estimate, job, &prices, now_ms)
+    ledger::settlement(estimate, job, counts, prices, now_ms)
 }
 
 /// Records the settlement of a completed job (nothing when it has no estimate or is already
@@ -42,7 +53,8 @@ async fn settle(app: &App, job: &Job) -> Result<(), StoreError> {
     let Some(estimate) = entries.iter().find(|e| e.kind == EntryKind::Estimate) else {
         return Ok(());
     };
-    let settlement = settlement(app, estimate, job);
+    let counts = (job.impressions_completed, job.sheets_completed);
+    let settlement = settlement(app, estimate, job, counts);
     if app.store.record_settlement(settlement.clone()).await? {
         count(app, estimate, &settlement).await;
     }

@@ -386,12 +386,7 @@ impl PrinterWorker {
             sheets,
         } = delivery;
         let settlement = estimate.map(|estimate| {
-            let printed = Job {
-                impressions_completed: impressions,
-                sheets_completed: sheets,
-                ..job.clone()
-            };
-            accounting::settle::settlement(&self.app, estimate, &printed)
+            accounting::settle::settlement(&self.app, estimate, job, (impressions, sheets))
         });
         let outcome = Outcome::Completed {
             printer: self.name.clone(),
