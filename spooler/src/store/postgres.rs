@@ -204,26 +204,23 @@ static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| {
 /// Records how a claimed job's attempt ended, fenced by its `WHERE` (`$10` processing,
 /// `$11`/`$12` the claimer and its epoch), and the job's settlement (`$13` to `$26`, in
 /// `ledger_columns!` order; all NULL for none) when it changed the job. Returns the job.
-static FINISH: LazyLock<String> = LazyLock::new(|| {
-    concat!(
-        "WITH finished AS (UPDATE jobs SET state = $2, reasons = $3, message = $4, \
+const FINISH: &str = concat!(
+    "WITH finished AS (UPDATE jobs SET state = $2, reasons = $3, message = $4, \
              printer = $5, completed_at = $6, retry_at_ms = COALESCE($7, retry_at_ms), \
              impressions_completed = $8, sheets_completed = $9, \
              claimer_id = NULL, claimer_epoch = NULL, claimer_shard = NULL \
              WHERE id = $1 AND state = $10 AND claimer_id = $11 AND claimer_epoch = $12 \
              RETURNING ",
-        job_columns!(),
-        "), settled AS (INSERT INTO ledger (",
-        ledger::ledger_columns!(),
-        ") SELECT $13::integer, $14::text, $15::bigint, $16::text, $17::text, $18::text, \
+    job_columns!(),
+    "), settled AS (INSERT INTO ledger (",
+    ledger::ledger_columns!(),
+    ") SELECT $13::integer, $14::text, $15::bigint, $16::text, $17::text, $18::text, \
                   $19::text[], $20::text, $21::bigint, $22::bigint, $23::boolean, \
                   $24::bigint, $25::text, $26::boolean \
              FROM finished WHERE $13::integer IS NOT NULL \
              ON CONFLICT DO NOTHING) \
          SELECT * FROM finished"
-    )
-    .to_owned()
-});
+);
 
 /// The ids of `RETURNING id` rows, in order.
 fn job_ids(rows: &[Row]) -> Result<Vec<JobId>, StoreError> {
@@ -649,7 +646,7 @@ impl Database {
         let mut client = self.bookkeeping_client().await?;
         let (now_s, now_ms) = now();
         let update = finished(id, outcome, now_s)?;
-        let statement = client.prepare_cached(&FINISH).await?;
+        let statement = client.prepare_cached(FINISH).await?;
         let reasons = to_json(&update.reasons)?;
         let state = update.state.as_i32();
         let processing = JobState::Processing.as_i32();

@@ -219,6 +219,14 @@ impl SqliteJobStore {
         })
     }
 
+    /// `Unavailable` once an fsync of the log has failed (see `run_syncer`).
+    fn not_failed(&self) -> Result<(), StoreError> {
+        match self.sync_failure.get() {
+            Some(failure) => Err(StoreError::Unavailable(failure.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Write transactions committed since `open` (however many requests each carried).
     pub fn commit_count(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
@@ -266,9 +274,7 @@ impl SqliteJobStore {
         // After a failed fsync nothing more is changed, not even dispatch's bookkeeping: a
         // job whose submission was refused must not print, and the restart recovers from
         // what is on disk.
-        if let Some(failure) = self.sync_failure.get() {
-            return Err(StoreError::Unavailable(failure.clone()));
-        }
+        self.not_failed()?;
         let (reply, answer) = oneshot::channel();
         let request = Box::new(Request {
             work: Some(work),
@@ -1546,9 +1552,7 @@ impl JobStore for SqliteJobStore {
 
     async fn ready(&self) -> Result<(), StoreError> {
         // A store that can no longer make writes durable takes no more jobs.
-        if let Some(failure) = self.sync_failure.get() {
-            return Err(StoreError::Unavailable(failure.clone()));
-        }
+        self.not_failed()?;
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }

@@ -9,6 +9,8 @@
 //! ledger entry is added to the rows it falls in, in the same transaction. Checking a quota
 //! is then a point lookup, however long the ledger grows.
 
+use std::sync::LazyLock;
+
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{conversion_error, json_column, to_json};
@@ -284,12 +286,13 @@ pub(super) fn refund(
     Ok(())
 }
 
-/// Job `id`'s estimate, if it has one.
+/// Job `id`'s estimate, if it has one. (Read at every claim: the statement's text is
+/// built once.)
 pub(super) fn estimate(conn: &Connection, id: JobId) -> Result<Option<LedgerEntry>, StoreError> {
+    static SELECT_ESTIMATE: LazyLock<String> =
+        LazyLock::new(|| format!("{SELECT_ENTRIES} WHERE l.job_id = ?1 AND l.kind = 'estimate'"));
     Ok(conn
-        .prepare_cached(&format!(
-            "{SELECT_ENTRIES} WHERE l.job_id = ?1 AND l.kind = 'estimate'"
-        ))?
+        .prepare_cached(&SELECT_ESTIMATE)?
         .query_row([id], entry_from_row)
         .optional()?)
 }
