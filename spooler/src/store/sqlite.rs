@@ -316,6 +316,9 @@ impl SqliteJobStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        // After a failed fsync the database holds rows of submissions whose clients heard a
+        // refusal, and the restart may not find them: nobody is shown any of it.
+        self.not_failed()?;
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || readers.run(work))
             .await
@@ -1551,8 +1554,7 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn ready(&self) -> Result<(), StoreError> {
-        // A store that can no longer make writes durable takes no more jobs.
-        self.not_failed()?;
+        // Refused once an fsync has failed, as every read is.
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }
@@ -2020,7 +2022,7 @@ mod tests {
     async fn after_a_failed_fsync_nothing_is_acknowledged_until_a_restart() {
         let backend = SqliteBackend::new();
         let store = SqliteJobStore::open(&backend.path()).expect("open");
-        store.create_job(new_job("before")).await.expect("create");
+        let before = store.create_job(new_job("before")).await.expect("create");
         store.ready().await.expect("ready");
         let log = log_path(&backend.path());
         std::fs::remove_file(&log).expect("remove the log's name");
@@ -2035,6 +2037,18 @@ mod tests {
         assert!(
             matches!(store.ready().await, Err(StoreError::Unavailable(_))),
             "ready after a failed fsync"
+        );
+        // Nor is anything shown: the rows of the refused submissions are in the database.
+        assert!(
+            matches!(store.job(before.id).await, Err(StoreError::Unavailable(_))),
+            "a job read after a failed fsync"
+        );
+        assert!(
+            matches!(
+                store.list_jobs(&JobQuery::default()).await,
+                Err(StoreError::Unavailable(_))
+            ),
+            "jobs listed after a failed fsync"
         );
         // Nor does dispatch go on: a refused submission's row must not print.
         let me = Claimer {
