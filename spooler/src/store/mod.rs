@@ -288,15 +288,21 @@ fn no_ledger() -> StoreError {
     StoreError::Internal("this job store keeps no ledger".into())
 }
 
-/// What `record_settlement` and a completion accept: a settlement entry of job `job`,
-/// nothing else.
-fn settlement_only(entry: &LedgerEntry, job: JobId) -> Result<(), StoreError> {
-    if entry.kind != EntryKind::Settlement {
-        return Err(StoreError::Internal(format!(
+/// What `record_settlement` accepts: a settlement entry, nothing else.
+fn settlement_only(entry: &LedgerEntry) -> Result<(), StoreError> {
+    if entry.kind == EntryKind::Settlement {
+        Ok(())
+    } else {
+        Err(StoreError::Internal(format!(
             "a {} entry given as a settlement",
             entry.kind.keyword()
-        )));
+        )))
     }
+}
+
+/// What a completion of job `job` accepts: that job's settlement, nothing else.
+fn settlement_of(entry: &LedgerEntry, job: JobId) -> Result<(), StoreError> {
+    settlement_only(entry)?;
     if entry.job != job {
         return Err(StoreError::Internal(format!(
             "the settlement of job {} given for job {job}",

@@ -1321,7 +1321,7 @@ impl JobStore for PostgresJobStore {
     }
 
     async fn record_settlement(&self, entry: LedgerEntry) -> Result<bool, StoreError> {
-        super::settlement_only(&entry, entry.job)?;
+        super::settlement_only(&entry)?;
         self.bounded(async {
             let client = self.database.bookkeeping_client().await?;
             ledger::insert(&client, &entry).await

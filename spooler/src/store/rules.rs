@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs, settlement_only};
+use super::{Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs, settlement_of};
 use crate::accounting::ledger::LedgerEntry;
 use crate::job::{Claimer, JobId, JobState};
 
@@ -148,7 +148,7 @@ pub(crate) fn finished(id: JobId, outcome: Outcome, now_s: i64) -> Result<Finish
             impressions,
             sheets,
             settlement: settlement
-                .map(|entry| settlement_only(&entry, id).map(|()| entry))
+                .map(|entry| settlement_of(&entry, id).map(|()| entry))
                 .transpose()?,
         },
         Outcome::Aborted { printer, message } => Finished {

@@ -1601,7 +1601,7 @@ impl JobStore for SqliteJobStore {
     }
 
     async fn record_settlement(&self, entry: LedgerEntry) -> Result<bool, StoreError> {
-        super::settlement_only(&entry, entry.job)?;
+        super::settlement_only(&entry)?;
         // Bookkeeping after a completion, like the completion itself: one lost to a power
         // loss is made again by the sweep of completed, unsettled jobs at the next start.
         self.write_relaxed(move |conn| ledger::insert(conn, &entry))
