@@ -11,6 +11,29 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// A figure over several rounds of a bench: its median and its range.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// The median (the mean of the middle two for an even count), least and greatest of
+/// `values`; `None` when there are none.
+pub fn spread(values: &[f64]) -> Option<Spread> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let (&min, &max) = (sorted.first()?, sorted.last()?);
+    let middle = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    };
+    Some(Spread { median, min, max })
+}
+
 /// A memory figure in KiB of process `pid` from /proc/PID/status: `VmRSS` (resident now)
 /// or `VmHWM` (peak resident).
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -103,6 +126,35 @@ mod tests {
             Some(Duration::from_millis(1))
         );
         assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn median_and_range_of_rounds() {
+        assert_eq!(
+            spread(&[3.0, 1.0, 2.0]),
+            Some(Spread {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(
+            spread(&[4.0, 1.0, 2.0, 10.0]),
+            Some(Spread {
+                median: 3.0,
+                min: 1.0,
+                max: 10.0
+            })
+        );
+        assert_eq!(
+            spread(&[5.0]),
+            Some(Spread {
+                median: 5.0,
+                min: 5.0,
+                max: 5.0
+            })
+        );
+        assert_eq!(spread(&[]), None);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use printfleet_e2e::cluster::Shard;
 use printfleet_e2e::spooler::{config_yaml, delivered_files, printer_yaml, queue_yaml};
-use printfleet_e2e::stats::{percentile, proc_status_kib, tree_cpu_seconds};
+use printfleet_e2e::stats::{percentile, proc_status_kib, spread, tree_cpu_seconds};
 use printfleet_e2e::{Cupsd, IppConnection, RawSink, Spooler, documents};
 
 #[derive(Parser)]
@@ -60,6 +60,11 @@ enum Mode {
         /// Lease on the Kubernetes API double, and time a takeover after kill -9.
         #[arg(long)]
         cluster: bool,
+        /// Run the whole comparison this many times, one round after the other, and end
+        /// with each figure's median and range over the rounds. This machine's figures
+        /// drift from minute to minute; rounds spread the drift over every server.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
 }
 
@@ -268,7 +273,112 @@ struct Column {
 /// A ratio column: (heading, index of the numerator column, index of the denominator).
 type Ratio = (&'static str, usize, usize);
 
-fn print_comparison(load: Load, columns: &[Column], ratios: &[Ratio]) {
+/// One round of the bench: each server's column, the ratios between them, and what the
+/// cluster run measured besides (with `--cluster`).
+struct Comparison {
+    columns: Vec<Column>,
+    ratios: Vec<Ratio>,
+    cluster: Option<ClusterExtras>,
+}
+
+/// Runs each server's load in turn: the standalone spooler, with `--accounting` the spooler
+/// with a policy, with `--cluster` three pods, then cupsd.
+async fn bench_round(load: Load, accounting: bool, cluster: bool) -> anyhow::Result<Comparison> {
+    let mut columns = vec![Column {
+        name: "printfleet",
+        figures: bench_spooler(load, None)
+            .await
+            .context("benchmarking printfleet")?,
+    }];
+    let mut ratios: Vec<Ratio> = Vec::new();
+    if accounting {
+        columns.push(Column {
+            name: "+accounting",
+            figures: bench_spooler(load, Some(BENCH_POLICY))
+                .await
+                .context("benchmarking printfleet with accounting")?,
+        });
+        ratios.push(("accounting/off", 1, 0));
+    }
+    let mut extras = None;
+    if cluster {
+        let (figures, cluster_extras) = bench_cluster(load)
+            .await
+            .context("benchmarking three pods on PostgreSQL and S3")?;
+        columns.push(Column {
+            name: "3 pods",
+            figures,
+        });
+        ratios.push(("3 pods/standalone", columns.len() - 1, 0));
+        extras = Some(cluster_extras);
+    }
+    columns.push(Column {
+        name: "cupsd",
+        figures: bench_cupsd(load).await.context("benchmarking cupsd")?,
+    });
+    ratios.push(("printfleet/cupsd", 0, columns.len() - 1));
+    Ok(Comparison {
+        columns,
+        ratios,
+        cluster: extras,
+    })
+}
+
+/// One figure read from a server's run.
+type Figure = fn(&Figures) -> Option<f64>;
+
+/// The rows of the comparison that the summary over rounds repeats.
+const SUMMARY_ROWS: [(&str, Figure); 3] = [
+    ("accepted jobs/s", |f| Some(f.accepted_per_second())),
+    ("p99 latency ms", |f| f.latency_ms(99.0)),
+    ("CPU ms/accepted job", Figures::cpu_ms_per_accepted_job),
+];
+
+/// Each server's main figures and each ratio of accepted jobs/s as median (least to
+/// greatest) over `rounds`; every round has the same columns.
+fn print_rounds(rounds: &[Comparison]) {
+    let Some(first) = rounds.first() else {
+        return;
+    };
+    let over_rounds = |value: &dyn Fn(&Comparison) -> Option<f64>| {
+        let values: Vec<f64> = rounds.iter().filter_map(value).collect();
+        spread(&values).map_or_else(
+            || "-".to_string(),
+            |s| format!("{:.2} ({:.2} to {:.2})", s.median, s.min, s.max),
+        )
+    };
+    println!("\nover {} rounds: median (least to greatest)", rounds.len());
+    for (index, column) in first.columns.iter().enumerate() {
+        for (label, value) in SUMMARY_ROWS {
+            let figure = over_rounds(&|round| value(&round.columns[index].figures));
+            println!("{:<14}{label:<22}{figure}", column.name);
+        }
+    }
+    for &(name, numerator, denominator) in &first.ratios {
+        let ratio = over_rounds(&|round| {
+            let of = |index: usize| round.columns[index].figures.accepted_per_second();
+            let denominator = of(denominator);
+            (denominator > 0.0).then(|| of(numerator) / denominator)
+        });
+        println!("{name:<36}{ratio}");
+    }
+    if first.cluster.is_some() {
+        let resumed = over_rounds(&|round| {
+            round
+                .cluster
+                .as_ref()
+                .map(|extras| extras.resumed_after.as_secs_f64())
+        });
+        println!("{:<36}{resumed}", "3 pods: resumed after kill -9, s");
+    }
+}
+
+fn print_comparison(load: Load, comparison: &Comparison) {
+    let Comparison {
+        columns,
+        ratios,
+        cluster,
+    } = comparison;
     println!(
         "\n{} clients, {} byte PDF, {} s per server\n",
         load.clients, load.doc_size, load.seconds
@@ -308,6 +418,17 @@ fn print_comparison(load: Load, columns: &[Column], ratios: &[Ratio]) {
     let mib = |kib: Option<u64>| kib.map(|kib| kib as f64 / 1024.0);
     row("RSS MiB (end)", &|f| mib(f.rss_kib));
     row("peak RSS MiB", &|f| mib(f.peak_rss_kib));
+    if let (Some(extras), Some(pods)) = (cluster, columns.iter().find(|c| c.name == "3 pods")) {
+        let accepted = pods.figures.accepted.max(1) as f64;
+        println!(
+            "\n3 pods: CPU ms/accepted job of the pods alone {:.2} (the rest is PostgreSQL and the S3 server)",
+            extras.pods_cpu_seconds * 1000.0 / accepted
+        );
+        println!(
+            "3 pods: dispatch resumed {:.2} s after kill -9 of the leader (Lease {BENCH_LEASE_SECONDS} s)",
+            extras.resumed_after.as_secs_f64()
+        );
+    }
 }
 
 /// The bench queue's AccountingPolicy with `--accounting`: every price set, and a per-user
@@ -486,56 +607,25 @@ async fn main() -> anyhow::Result<()> {
             load,
             accounting,
             cluster,
+            rounds,
         } => {
             if load.clients == 0 {
                 bail!("--clients must be at least 1");
             }
-            let mut columns = vec![Column {
-                name: "printfleet",
-                figures: bench_spooler(load, None)
-                    .await
-                    .context("benchmarking printfleet")?,
-            }];
-            let mut ratios: Vec<Ratio> = Vec::new();
-            if accounting {
-                columns.push(Column {
-                    name: "+accounting",
-                    figures: bench_spooler(load, Some(BENCH_POLICY))
-                        .await
-                        .context("benchmarking printfleet with accounting")?,
-                });
-                ratios.push(("accounting/off", 1, 0));
+            if rounds == 0 {
+                bail!("--rounds must be at least 1");
             }
-            let mut extras = None;
-            if cluster {
-                let (figures, cluster_extras) = bench_cluster(load)
-                    .await
-                    .context("benchmarking three pods on PostgreSQL and S3")?;
-                columns.push(Column {
-                    name: "3 pods",
-                    figures,
-                });
-                ratios.push(("3 pods/standalone", columns.len() - 1, 0));
-                extras = Some(cluster_extras);
+            let mut done = Vec::new();
+            for round in 1..=rounds {
+                if rounds > 1 {
+                    println!("\nround {round} of {rounds}");
+                }
+                let comparison = bench_round(load, accounting, cluster).await?;
+                print_comparison(load, &comparison);
+                done.push(comparison);
             }
-            columns.push(Column {
-                name: "cupsd",
-                figures: bench_cupsd(load).await.context("benchmarking cupsd")?,
-            });
-            ratios.push(("printfleet/cupsd", 0, columns.len() - 1));
-            print_comparison(load, &columns, &ratios);
-            if let (Some(extras), Some(pods)) =
-                (extras, columns.iter().find(|c| c.name == "3 pods"))
-            {
-                let accepted = pods.figures.accepted.max(1) as f64;
-                println!(
-                    "\n3 pods: CPU ms/accepted job of the pods alone {:.2} (the rest is PostgreSQL and the S3 server)",
-                    extras.pods_cpu_seconds * 1000.0 / accepted
-                );
-                println!(
-                    "3 pods: dispatch resumed {:.2} s after kill -9 of the leader (Lease {BENCH_LEASE_SECONDS} s)",
-                    extras.resumed_after.as_secs_f64()
-                );
+            if rounds > 1 {
+                print_rounds(&done);
             }
         }
     }
