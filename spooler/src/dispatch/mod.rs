@@ -406,7 +406,7 @@ async fn close_abandoned_jobs(app: &App, open_jobs: &mut OpenJobs, timeout: Dura
 }
 
 async fn update_queue_depths(app: &App) {
-    let depths = match app.store.queue_depths().await {
+    let depths = match app.store.queue_depths(None).await {
         Ok(depths) => depths,
         Err(error) => {
             tracing::warn!(%error, "reading queue depths");
@@ -417,8 +417,8 @@ async fn update_queue_depths(app: &App) {
     for queue in app.config().queues.keys() {
         let depth = depths
             .iter()
-            .find(|(name, _)| name == queue)
-            .map_or(0, |(_, depth)| *depth);
+            .find(|depth| &depth.queue == queue)
+            .map_or(0, |depth| depth.unfinished);
         app.metrics
             .queue_depth
             .with_label_values(&[queue.as_str()])

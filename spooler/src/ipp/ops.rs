@@ -35,7 +35,7 @@ use crate::accounting::admission as accounting;
 use crate::auth::{self, AuthError, Identity};
 use crate::config::Config;
 use crate::document::{OCTET_STREAM, detect_format};
-use crate::job::{DocumentBody, Job, JobId, JobState, NewDocument, NewJob};
+use crate::job::{DocumentBody, Job, JobId, NewDocument, NewJob};
 use crate::store::spool::{SpoolError, SpoolLimits, spool_document};
 use crate::store::{JobQuery, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs};
 
@@ -1039,21 +1039,19 @@ async fn queue_state(
     queue: &str,
     paused: &[String],
 ) -> Result<QueueState, Failure> {
-    let jobs = ctx
+    let depths = ctx
         .app
         .store
-        .list_jobs(&JobQuery {
-            queue: Some(queue.to_string()),
-            which: WhichJobs::NotCompleted,
-            owner: None,
-            limit: None,
-        })
+        .queue_depths(Some(queue))
         .await
         .map_err(store_failure)?;
+    let depth = depths.first();
     Ok(QueueState {
         paused: paused.iter().any(|p| p == queue),
-        queued: i32::try_from(jobs.len()).unwrap_or(i32::MAX),
-        processing: jobs.iter().any(|job| job.state == JobState::Processing),
+        queued: depth.map_or(0, |depth| {
+            i32::try_from(depth.unfinished).unwrap_or(i32::MAX)
+        }),
+        processing: depth.is_some_and(|depth| depth.processing > 0),
     })
 }
 

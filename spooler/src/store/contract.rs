@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{JobQuery, JobStore, Outcome, StoreError, UserAction, WhichJobs};
+use super::{JobQuery, JobStore, Outcome, QueueDepth, StoreError, UserAction, WhichJobs};
 use crate::job::{Claimer, DocumentBody, JobId, JobState, JobTicket, NewDocument, NewJob};
 
 /// Opens a backend's store. Every `open` of one backend reaches the same data, so a check
@@ -1224,9 +1224,25 @@ pub(crate) async fn queue_depths(backend: &dyn Backend) {
     job_in_state(store.as_ref(), JobState::PendingHeld, "lab").await;
     job_in_state(store.as_ref(), JobState::Completed, "lab").await;
     job_in_state(store.as_ref(), JobState::Canceled, "empty").await;
+    let depth = |queue: &str, unfinished, processing| QueueDepth {
+        queue: queue.to_string(),
+        unfinished,
+        processing,
+    };
     assert_eq!(
-        store.queue_depths().await.expect("depths"),
-        vec![("lab".to_string(), 2), ("office".to_string(), 3)]
+        store.queue_depths(None).await.expect("depths"),
+        vec![depth("lab", 2, 1), depth("office", 3, 0)]
+    );
+    assert_eq!(
+        store.queue_depths(Some("lab")).await.expect("one queue"),
+        vec![depth("lab", 2, 1)]
+    );
+    assert_eq!(
+        store
+            .queue_depths(Some("empty"))
+            .await
+            .expect("a queue of finished jobs"),
+        vec![]
     );
 }
 

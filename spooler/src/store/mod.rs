@@ -88,6 +88,14 @@ pub enum WhichJobs {
     All,
 }
 
+/// A queue's unfinished jobs (`queued-job-count`), and how many of them are printing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub queue: String,
+    pub unfinished: i64,
+    pub processing: i64,
+}
+
 /// A Get-Jobs style query.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobQuery {
@@ -224,8 +232,9 @@ pub trait JobStore: Send + Sync {
     /// Pause-Printer / Resume-Printer, persisted.
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
     async fn paused_queues(&self) -> Result<Vec<String>, StoreError>;
-    /// Unfinished jobs per queue.
-    async fn queue_depths(&self) -> Result<Vec<(String, i64)>, StoreError>;
+    /// Unfinished jobs per queue that has any, in queue order; only `queue`'s when given.
+    /// Counted in the store, so a printer's status costs no read of its jobs.
+    async fn queue_depths(&self, queue: Option<&str>) -> Result<Vec<QueueDepth>, StoreError>;
     /// Whether the store can take jobs now (`/readyz`): it answers, and it can still make
     /// writes durable (`Unavailable` otherwise).
     async fn ready(&self) -> Result<(), StoreError>;

@@ -30,8 +30,8 @@ use super::rules::{
     state_range, user_transition,
 };
 use super::{
-    Claim, JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs,
-    filter,
+    Claim, JobQuery, JobStore, Outcome, QueueDepth, REASON_ACCOUNT_LIMIT, StoreError, UserAction,
+    WhichJobs, filter,
 };
 use crate::accounting::ledger::{Admission, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::QuotaDecision;
@@ -835,18 +835,33 @@ impl Database {
         Ok(())
     }
 
-    async fn queue_depths(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn queue_depths(&self, queue: Option<&str>) -> Result<Vec<QueueDepth>, StoreError> {
         let client = self.client().await?;
+        let sql = format!(
+            "SELECT queue, COUNT(*), COUNT(*) FILTER (WHERE state = $2) FROM jobs \
+             WHERE state < $1 AND {} GROUP BY queue ORDER BY queue COLLATE \"C\"",
+            filter(queue.is_some(), "queue = $3", "$3::text")
+        );
+        let statement = client.prepare_cached(&sql).await?;
         let rows = client
             .query(
-                "SELECT queue, COUNT(*) FROM jobs WHERE state < $1 \
-                 GROUP BY queue ORDER BY queue COLLATE \"C\"",
-                &[&JobState::Canceled.as_i32()],
+                &statement,
+                &[
+                    &JobState::Canceled.as_i32(),
+                    &JobState::Processing.as_i32(),
+                    &queue,
+                ],
             )
             .await?;
         Ok(rows
             .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .map(|row| {
+                Ok(QueueDepth {
+                    queue: row.try_get(0)?,
+                    unfinished: row.try_get(1)?,
+                    processing: row.try_get(2)?,
+                })
+            })
             .collect::<Result<_, tokio_postgres::Error>>()?)
     }
 
@@ -1295,8 +1310,8 @@ impl JobStore for PostgresJobStore {
         self.bounded(self.database.paused_queues()).await
     }
 
-    async fn queue_depths(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.bounded(self.database.queue_depths()).await
+    async fn queue_depths(&self, queue: Option<&str>) -> Result<Vec<QueueDepth>, StoreError> {
+        self.bounded(self.database.queue_depths(queue)).await
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

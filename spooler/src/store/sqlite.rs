@@ -30,8 +30,8 @@ use super::rules::{
     state_range, user_transition, without,
 };
 use super::{
-    Claim, JobQuery, JobStore, Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs,
-    filter,
+    Claim, JobQuery, JobStore, Outcome, QueueDepth, REASON_ACCOUNT_LIMIT, StoreError, UserAction,
+    WhichJobs, filter,
 };
 use crate::accounting::ledger::{Admission, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::QuotaDecision;
@@ -1559,16 +1559,31 @@ impl JobStore for SqliteJobStore {
             .await
     }
 
-    async fn queue_depths(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        self.read(|conn| {
+    async fn queue_depths(&self, queue: Option<&str>) -> Result<Vec<QueueDepth>, StoreError> {
+        let queue = queue.map(str::to_string);
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT queue, COUNT(*), SUM(state = ?2) FROM jobs WHERE state < ?1 AND {} \
+                 GROUP BY queue ORDER BY queue",
+                filter(queue.is_some(), "queue = ?3", "?3")
+            );
             let depths = conn
-                .prepare_cached(
-                    "SELECT queue, COUNT(*) FROM jobs WHERE state < ?1 GROUP BY queue ORDER BY queue",
+                .prepare_cached(&sql)?
+                .query_map(
+                    params![
+                        JobState::Canceled.as_i32(),
+                        JobState::Processing.as_i32(),
+                        queue
+                    ],
+                    |row| {
+                        Ok(QueueDepth {
+                            queue: row.get(0)?,
+                            unfinished: row.get(1)?,
+                            processing: row.get(2)?,
+                        })
+                    },
                 )?
-                .query_map([JobState::Canceled.as_i32()], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?
-                .collect::<rusqlite::Result<Vec<(String, i64)>>>()?;
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(depths)
         })
         .await

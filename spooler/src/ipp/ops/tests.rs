@@ -17,6 +17,7 @@ use crate::app::{App, Settings};
 use crate::auth::Authenticator;
 use crate::dispatch::DispatchHandle;
 use crate::ipp::codec::{Header, decode};
+use crate::job::{Claimer, JobState};
 use crate::metrics::Metrics;
 use crate::store::documents::LocalDocumentStore;
 use crate::store::sqlite::SqliteJobStore;
@@ -725,6 +726,39 @@ async fn printer_attributes_follow_pause_and_resume() {
         OK
     );
     assert_eq!(printer_state(&harness).await, Some(IppValue::Enum(3)));
+}
+
+#[tokio::test]
+async fn printer_status_counts_the_queues_unfinished_jobs() {
+    let harness = harness();
+    let queued = async || {
+        let message = Message::new(0x000B, "demo", "bob").op(codec::keywords(
+            "requested-attributes",
+            ["queued-job-count"],
+        ));
+        send(&harness, &message)
+            .await
+            .value(DelimiterTag::PrinterAttributes, "queued-job-count")
+    };
+    assert_eq!(queued().await, Some(IppValue::Integer(0)));
+    print_pdf(&harness, "bob").await;
+    print_pdf(&harness, "alice").await;
+    assert_eq!(queued().await, Some(IppValue::Integer(2)));
+    assert_eq!(printer_state(&harness).await, Some(IppValue::Enum(3)));
+    // One of them goes to the printer: still queued, and the printer is processing.
+    let store = &harness.app.store;
+    let me = Claimer {
+        id: "spooler-0".into(),
+        epoch: store.next_epoch("spooler-0").await.expect("epoch"),
+        shard: None,
+    };
+    let claimed = store
+        .claim_next(&["demo".to_string()], "plain", &me)
+        .await
+        .expect("claim");
+    assert!(claimed.is_some(), "nothing to claim");
+    assert_eq!(queued().await, Some(IppValue::Integer(2)));
+    assert_eq!(printer_state(&harness).await, Some(IppValue::Enum(4)));
 }
 
 #[tokio::test]
