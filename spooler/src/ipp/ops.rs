@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::document::{OCTET_STREAM, detect_format};
 use crate::job::{DocumentBody, Job, JobId, NewDocument, NewJob};
 use crate::store::spool::{SpoolError, SpoolLimits, spool_document};
-use crate::store::{JobQuery, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs};
+use crate::store::{JobQuery, QueueDepth, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs};
 
 mod admission;
 
@@ -1034,36 +1034,45 @@ async fn cancel_jobs(
 // ---------------------------------------------------------------------------------------
 // Printer operations
 
-async fn queue_state(
-    ctx: &RequestContext,
-    queue: &str,
-    paused: &[String],
-) -> Result<QueueState, Failure> {
-    let depths = ctx
-        .app
-        .store
-        .queue_depths(Some(queue))
-        .await
-        .map_err(store_failure)?;
-    let depth = depths.first();
-    Ok(QueueState {
-        paused: paused.iter().any(|p| p == queue),
-        queued: depth.map_or(0, |depth| {
-            i32::try_from(depth.unfinished).unwrap_or(i32::MAX)
-        }),
-        processing: depth.is_some_and(|depth| depth.processing > 0),
-    })
+/// What the store says of the queues a printer operation answers for: which are paused,
+/// and their unfinished and printing jobs. Read once per request, however many queues it
+/// lists.
+struct StoredQueues {
+    paused: Vec<String>,
+    depths: Vec<QueueDepth>,
+}
+
+impl StoredQueues {
+    /// Depths of `queue` alone, or of every queue (`None`).
+    async fn read(ctx: &RequestContext, queue: Option<&str>) -> Result<Self, Failure> {
+        let store = &ctx.app.store;
+        Ok(StoredQueues {
+            paused: store.paused_queues().await.map_err(store_failure)?,
+            depths: store.queue_depths(queue).await.map_err(store_failure)?,
+        })
+    }
+
+    fn state(&self, queue: &str) -> QueueState {
+        let depth = self.depths.iter().find(|depth| depth.queue == queue);
+        QueueState {
+            paused: self.paused.iter().any(|p| p == queue),
+            queued: depth.map_or(0, |depth| {
+                i32::try_from(depth.unfinished).unwrap_or(i32::MAX)
+            }),
+            processing: depth.is_some_and(|depth| depth.processing > 0),
+        }
+    }
 }
 
 /// The printer attributes of one queue, filtered by `requested-attributes`.
-async fn queue_attributes(
+fn queue_attributes(
     ctx: &RequestContext,
     config: &Config,
     name: &str,
     queue: &PrintQueueSpec,
     requested: &Requested,
-    paused: &[String],
-) -> Result<Vec<IppAttribute>, Failure> {
+    stored: &StoredQueues,
+) -> Vec<IppAttribute> {
     let profile = QueueProfile::derive(config, queue);
     let base_uri = ctx.base_uri();
     let view = PrinterView {
@@ -1071,15 +1080,11 @@ async fn queue_attributes(
         queue,
         config,
         profile: &profile,
-        state: queue_state(ctx, name, paused).await?,
+        state: stored.state(name),
         base_uri: &base_uri,
         now: now(),
     };
-    Ok(requested.filter(printer_attributes(&view)))
-}
-
-async fn paused_queues(ctx: &RequestContext) -> Result<Vec<String>, Failure> {
-    ctx.app.store.paused_queues().await.map_err(store_failure)
+    requested.filter(printer_attributes(&view))
 }
 
 async fn get_printer_attributes(
@@ -1099,8 +1104,8 @@ async fn printer_response(
     queue: &PrintQueueSpec,
 ) -> Outcome {
     let requested = Requested::parse(request.operation("requested-attributes"), Requested::all());
-    let paused = paused_queues(ctx).await?;
-    let attributes = queue_attributes(ctx, config, name, queue, &requested, &paused).await?;
+    let stored = StoredQueues::read(ctx, Some(name)).await?;
+    let attributes = queue_attributes(ctx, config, name, queue, &requested, &stored);
     let mut response = Response::new(StatusCode::SuccessfulOk);
     response.push_group(DelimiterTag::PrinterAttributes, attributes);
     Ok(response)
@@ -1119,10 +1124,10 @@ async fn cups_get_printers(ctx: &RequestContext, config: &Config, request: &Requ
         }
         _ => usize::MAX,
     };
-    let paused = paused_queues(ctx).await?;
+    let stored = StoredQueues::read(ctx, None).await?;
     let mut response = Response::new(StatusCode::SuccessfulOk);
     for (name, queue) in config.queues.iter().take(limit) {
-        let attributes = queue_attributes(ctx, config, name, queue, &requested, &paused).await?;
+        let attributes = queue_attributes(ctx, config, name, queue, &requested, &stored);
         response.push_group(DelimiterTag::PrinterAttributes, attributes);
     }
     Ok(response)
