@@ -327,12 +327,26 @@ async fn bench_round(load: Load, accounting: bool, cluster: bool) -> anyhow::Res
 /// One figure read from a server's run.
 type Figure = fn(&Figures) -> Option<f64>;
 
-/// The rows of the comparison that the summary over rounds repeats.
-const SUMMARY_ROWS: [(&str, Figure); 3] = [
-    ("accepted jobs/s", |f| Some(f.accepted_per_second())),
-    ("p99 latency ms", |f| f.latency_ms(99.0)),
-    ("CPU ms/accepted job", Figures::cpu_ms_per_accepted_job),
+/// The comparison's rows: label, figure, and whether the summary over rounds repeats it.
+const ROWS: [(&str, Figure, bool); 9] = [
+    ("accepted jobs/s", |f| Some(f.accepted_per_second()), true),
+    ("delivered jobs/s", Figures::delivered_per_second, false),
+    ("drained jobs/s (after)", Figures::drained_per_second, false),
+    ("p50 latency ms", |f| f.latency_ms(50.0), false),
+    ("p99 latency ms", |f| f.latency_ms(99.0), true),
+    ("failed submissions", |f| Some(f.errors as f64), false),
+    (
+        "CPU ms/accepted job",
+        Figures::cpu_ms_per_accepted_job,
+        true,
+    ),
+    ("RSS MiB (end)", |f| mib(f.rss_kib), false),
+    ("peak RSS MiB", |f| mib(f.peak_rss_kib), false),
 ];
+
+fn mib(kib: Option<u64>) -> Option<f64> {
+    kib.map(|kib| kib as f64 / 1024.0)
+}
 
 /// Each server's main figures and each ratio of accepted jobs/s as median (least to
 /// greatest) over `rounds`; every round has the same columns.
@@ -349,7 +363,7 @@ fn print_rounds(rounds: &[Comparison]) {
     };
     println!("\nover {} rounds: median (least to greatest)", rounds.len());
     for (index, column) in first.columns.iter().enumerate() {
-        for (label, value) in SUMMARY_ROWS {
+        for (label, value, _) in ROWS.into_iter().filter(|&(_, _, summed)| summed) {
             let figure = over_rounds(&|round| value(&round.columns[index].figures));
             println!("{:<14}{label:<22}{figure}", column.name);
         }
@@ -391,7 +405,7 @@ fn print_comparison(load: Load, comparison: &Comparison) {
         heading.push_str(&format!("{name:>18}"));
     }
     println!("{heading}");
-    let row = |label: &str, value: &dyn Fn(&Figures) -> Option<f64>| {
+    let row = |label: &str, value: Figure| {
         let values: Vec<Option<f64>> = columns.iter().map(|c| value(&c.figures)).collect();
         let mut line = format!("{label:<22}");
         for value in &values {
@@ -408,16 +422,9 @@ fn print_comparison(load: Load, comparison: &Comparison) {
         }
         println!("{line}");
     };
-    row("accepted jobs/s", &|f| Some(f.accepted_per_second()));
-    row("delivered jobs/s", &Figures::delivered_per_second);
-    row("drained jobs/s (after)", &Figures::drained_per_second);
-    row("p50 latency ms", &|f| f.latency_ms(50.0));
-    row("p99 latency ms", &|f| f.latency_ms(99.0));
-    row("failed submissions", &|f| Some(f.errors as f64));
-    row("CPU ms/accepted job", &Figures::cpu_ms_per_accepted_job);
-    let mib = |kib: Option<u64>| kib.map(|kib| kib as f64 / 1024.0);
-    row("RSS MiB (end)", &|f| mib(f.rss_kib));
-    row("peak RSS MiB", &|f| mib(f.peak_rss_kib));
+    for (label, value, _) in ROWS {
+        row(label, value);
+    }
     if let (Some(extras), Some(pods)) = (cluster, columns.iter().find(|c| c.name == "3 pods")) {
         let accepted = pods.figures.accepted.max(1) as f64;
         println!(
