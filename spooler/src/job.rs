@@ -105,6 +105,22 @@ pub struct NewDocument {
     pub body: DocumentBody,
 }
 
+impl NewDocument {
+    /// The document as the store reports it once recorded as document `number`.
+    pub fn info(&self, number: i32) -> DocumentInfo {
+        DocumentInfo {
+            number,
+            format: self.format.clone(),
+            name: self.name.clone(),
+            size: self.size,
+            key: match &self.body {
+                DocumentBody::Inline(_) => None,
+                DocumentBody::Stored { key } => Some(key.clone()),
+            },
+        }
+    }
+}
+
 /// A document as the store reports it (the bytes are fetched separately).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DocumentInfo {
@@ -137,6 +153,41 @@ pub struct NewJob {
     /// Accounting admission, checked and recorded in the transaction that creates the job
     /// (see `store` § Admission); `None` records nothing in the ledger.
     pub admission: Option<crate::accounting::ledger::Admission>,
+}
+
+impl NewJob {
+    /// The job as a store has just created it: what was submitted, with the id, initial
+    /// state and reasons and creation time (Unix seconds) the store gave it. The stores
+    /// answer a submission with this rather than reading back the row they wrote.
+    pub fn created(
+        &self,
+        id: JobId,
+        state: JobState,
+        reasons: Vec<String>,
+        created_at: i64,
+    ) -> Job {
+        Job {
+            id,
+            queue: self.queue.clone(),
+            owner: self.owner.clone(),
+            name: self.name.clone(),
+            originating_host: self.originating_host.clone(),
+            priority: self.priority,
+            state,
+            reasons,
+            message: None,
+            ticket: self.ticket.clone(),
+            documents: self.document.iter().map(|d| d.info(1)).collect(),
+            documents_complete: self.documents_complete,
+            created_at,
+            processing_at: None,
+            completed_at: None,
+            printer: None,
+            attempts: 0,
+            impressions_completed: None,
+            sheets_completed: None,
+        }
+    }
 }
 
 /// Who dispatches a job: a spooler process and its leadership epoch. The store's claim

@@ -123,8 +123,13 @@ fn now_ms() -> i64 {
     i64::try_from(since.as_millis()).expect("milliseconds fit i64")
 }
 
+/// Creates `job`, checking that the job the store answers with (built from the submission,
+/// not read back) is the one it then reads.
 async fn create(store: &dyn JobStore, job: NewJob) -> JobId {
-    store.create_job(job).await.expect("create_job").id
+    let created = store.create_job(job).await.expect("create_job");
+    let stored = store.job(created.id).await.expect("job").expect("job exists");
+    assert_eq!(created, stored, "the created job as answered and as stored");
+    created.id
 }
 
 async fn state_of(store: &dyn JobStore, id: JobId) -> JobState {
@@ -186,6 +191,7 @@ pub(crate) async fn initial_states(backend: &dyn Backend) {
     let mut held = new_job("office", "alice");
     held.held = true;
     let held = store.create_job(held).await.expect("create held");
+    assert_eq!(Some(&held), store.job(held.id).await.expect("job").as_ref());
     assert_eq!(held.state, JobState::PendingHeld);
     assert_eq!(held.reasons, reasons(&["job-hold-until-specified"]));
 
@@ -193,6 +199,7 @@ pub(crate) async fn initial_states(backend: &dyn Backend) {
     incoming.document = None;
     incoming.documents_complete = false;
     let incoming = store.create_job(incoming).await.expect("create incoming");
+    assert_eq!(Some(&incoming), store.job(incoming.id).await.expect("job").as_ref());
     assert_eq!(incoming.state, JobState::Pending);
     assert_eq!(incoming.reasons, reasons(&["job-incoming"]));
     assert!(!incoming.documents_complete);

@@ -35,9 +35,7 @@ use super::{
 };
 use crate::accounting::ledger::{Admission, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::QuotaDecision;
-use crate::job::{
-    Claimer, DocumentBody, DocumentInfo, Job, JobId, JobState, JobTicket, NewDocument, NewJob,
-};
+use crate::job::{Claimer, DocumentBody, Job, JobId, JobState, JobTicket, NewDocument, NewJob};
 
 /// Schema migrations; `schema_migrations` records each one applied, by its 1-based number.
 const MIGRATIONS: &[&str] = &[
@@ -1008,19 +1006,6 @@ impl<'a> DocumentRow<'a> {
             key,
             inline,
         })
-    }
-}
-
-fn document_info(number: i32, document: &NewDocument) -> DocumentInfo {
-    DocumentInfo {
-        number,
-        format: document.format.clone(),
-        name: document.name.clone(),
-        size: document.size,
-        key: match &document.body {
-            DocumentBody::Inline(_) => None,
-            DocumentBody::Stored { key } => Some(key.clone()),
-        },
     }
 }
 

@@ -958,9 +958,11 @@ fn inline_document(
     }
 }
 
+/// Creates `job`, whose ticket `ticket` is already encoded (off the writer thread).
 fn create_job(
     conn: &Connection,
     job: &NewJob,
+    ticket: &str,
     logged: Option<Location>,
 ) -> Result<Job, StoreError> {
     let decision = job
@@ -986,7 +988,7 @@ fn create_job(
         job.priority,
         state.as_i32(),
         to_json(&reasons)?,
-        to_json(&job.ticket)?,
+        ticket,
         job.documents_complete,
         now_s,
     ])?;
@@ -998,7 +1000,7 @@ fn create_job(
     if let (Some(admission), Some(decision)) = (&job.admission, &decision) {
         record_estimate(conn, id, &job.queue, admission, decision)?;
     }
-    existing_job(conn, id)
+    Ok(job.created(id, state, reasons, now_s))
 }
 
 fn record_estimate(
@@ -1404,8 +1406,16 @@ fn list_jobs(conn: &Connection, query: &JobQuery) -> Result<Vec<Job>, StoreError
 impl JobStore for SqliteJobStore {
     async fn create_job(&self, job: NewJob) -> Result<Job, StoreError> {
         let appended = self.log_document(job.document.as_ref()).await?;
-        self.write(move |conn| create_job(conn, &job, appended.as_ref().map(Appended::location)))
-            .await
+        let ticket = to_json(&job.ticket)?;
+        self.write(move |conn| {
+            create_job(
+                conn,
+                &job,
+                &ticket,
+                appended.as_ref().map(Appended::location),
+            )
+        })
+        .await
     }
 
     async fn add_document(
@@ -2136,7 +2146,7 @@ mod tests {
             ..new_job("alice")
         };
         for _ in 0..3 {
-            create_job(&conn, &job, None).expect("create");
+            create_job(&conn, &job, "{}", None).expect("create");
         }
         let sql = "SELECT number FROM documents WHERE job_id = ?1 ORDER BY number";
         for id in 1..=3 {

@@ -9,9 +9,9 @@ use std::time::Duration;
 use deadpool_postgres::{GenericClient, Pool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{DocumentRow, document_info, job_from_row, now, to_json};
+use super::{DocumentRow, now, to_json};
 use crate::accounting::ledger::LedgerEntry;
-use crate::job::{DocumentBody, Job, JobState, NewJob};
+use crate::job::{DocumentBody, Job, JobId, JobState, NewJob};
 use crate::store::StoreError;
 
 /// The most jobs one statement inserts.
@@ -159,7 +159,7 @@ pub(super) async fn insert_jobs(
     submissions: &[&Submission],
 ) -> Result<Vec<Job>, StoreError> {
     let columns = Columns::of(submissions)?;
-    let statement = client.prepare_cached(&INSERT_JOBS).await?;
+    let statement = client.prepare_cached(INSERT_JOBS).await?;
     let rows = client.query(&statement, &columns.params()).await?;
     if rows.len() != submissions.len() {
         return Err(StoreError::Internal(format!(
@@ -170,16 +170,13 @@ pub(super) async fn insert_jobs(
     }
     rows.iter()
         .zip(submissions)
-        .map(|(row, submission)| {
-            // The statement leaves the documents out: they are the one we inserted.
-            let mut job = job_from_row(row)?;
-            job.documents = submission
+        .zip(columns.created_at)
+        .map(|((row, submission), created_at)| {
+            let id: JobId = row.try_get(0)?;
+            let reasons = submission.reasons.clone();
+            Ok(submission
                 .job
-                .document
-                .iter()
-                .map(|d| document_info(1, d))
-                .collect();
-            Ok(job)
+                .created(id, submission.state, reasons, created_at))
         })
         .collect()
 }
@@ -187,9 +184,7 @@ pub(super) async fn insert_jobs(
 /// One array per column, a row per submission; `unnest` turns them back into rows. The
 /// ids are drawn in submission order (the `ORDER BY` comes before the volatile
 /// `nextval`), so jobs submitted together keep their order in the queue.
-static INSERT_JOBS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH input AS MATERIALIZED (
+const INSERT_JOBS: &str = "WITH input AS MATERIALIZED (
             SELECT nextval(pg_get_serial_sequence('jobs', 'id'))::integer AS id, i.*
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::integer[],
                         $6::integer[], $7::text[], $8::text[], $9::boolean[], $10::bigint[],
@@ -208,7 +203,7 @@ static INSERT_JOBS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                               reasons, ticket, documents_complete, created_at)
             SELECT id, queue, owner, name, originating_host, priority, state, reasons, ticket,
                    documents_complete, created_at
-            FROM input RETURNING *
+            FROM input
          ), document AS (
             INSERT INTO documents (job_id, number, format, name, size, key, inline)
             SELECT id, 1, d_format, d_name, d_size, d_key, d_inline
@@ -221,10 +216,7 @@ static INSERT_JOBS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                    l_impressions, l_sheets, l_color, l_amount, l_currency, l_flagged
             FROM input WHERE l_kind IS NOT NULL
          )
-         SELECT {} '[]' FROM jobs JOIN input USING (id) ORDER BY input.ord",
-        job_columns_but_documents!()
-    )
-});
+         SELECT id FROM input ORDER BY ord";
 
 /// The statement's parameters, `$1` to `$28` in order.
 #[derive(Default)]
