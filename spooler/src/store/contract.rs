@@ -127,7 +127,11 @@ fn now_ms() -> i64 {
 /// not read back) is the one it then reads.
 async fn create(store: &dyn JobStore, job: NewJob) -> JobId {
     let created = store.create_job(job).await.expect("create_job");
-    let stored = store.job(created.id).await.expect("job").expect("job exists");
+    let stored = store
+        .job(created.id)
+        .await
+        .expect("job")
+        .expect("job exists");
     assert_eq!(created, stored, "the created job as answered and as stored");
     created.id
 }
@@ -199,7 +203,10 @@ pub(crate) async fn initial_states(backend: &dyn Backend) {
     incoming.document = None;
     incoming.documents_complete = false;
     let incoming = store.create_job(incoming).await.expect("create incoming");
-    assert_eq!(Some(&incoming), store.job(incoming.id).await.expect("job").as_ref());
+    assert_eq!(
+        Some(&incoming),
+        store.job(incoming.id).await.expect("job").as_ref()
+    );
     assert_eq!(incoming.state, JobState::Pending);
     assert_eq!(incoming.reasons, reasons(&["job-incoming"]));
     assert!(!incoming.documents_complete);

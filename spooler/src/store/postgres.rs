@@ -123,13 +123,21 @@ const MIGRATIONS: &[&str] = &[
 /// Serializes migrations of pods starting together (a `pg_advisory_xact_lock` key).
 const MIGRATION_LOCK: i64 = 0x7072_696e_7466_6c74; // "printflt"
 
-/// `job_columns!` up to the documents, for a statement that knows them already.
-macro_rules! job_columns_but_documents {
+/// Every column of a job but its documents, in the order `job_from_row` reads them.
+macro_rules! job_fields {
     () => {
         "jobs.id, jobs.queue, jobs.owner, jobs.name, jobs.originating_host, jobs.priority, \
          jobs.state, jobs.reasons, jobs.message, jobs.ticket, jobs.documents_complete, \
          jobs.created_at, jobs.processing_at, jobs.completed_at, jobs.printer, jobs.attempts, \
-         jobs.impressions_completed, jobs.sheets_completed, "
+         jobs.impressions_completed, jobs.sheets_completed"
+    };
+}
+
+/// The documents `d` of a job as the one JSON array `job_from_row` reads (an aggregate).
+macro_rules! document_infos {
+    () => {
+        "COALESCE(json_agg(json_build_object('number', d.number, 'format', d.format, \
+             'name', d.name, 'size', d.size, 'key', d.key) ORDER BY d.number), '[]')::text"
     };
 }
 
@@ -138,10 +146,10 @@ macro_rules! job_columns_but_documents {
 macro_rules! job_columns {
     () => {
         concat!(
-            job_columns_but_documents!(),
-            "(SELECT COALESCE(json_agg(json_build_object('number', d.number, 'format', d.format, \
-                 'name', d.name, 'size', d.size, 'key', d.key) ORDER BY d.number), '[]')::text \
-              FROM documents d WHERE d.job_id = jobs.id) "
+            job_fields!(),
+            ", (SELECT ",
+            document_infos!(),
+            " FROM documents d WHERE d.job_id = jobs.id) "
         )
     };
 }
@@ -149,9 +157,9 @@ macro_rules! job_columns {
 /// Claims the next job for a printer: `$1` processing, `$2` now (s), `$3` the printer,
 /// `$4`/`$5` the claimer and its epoch, `$6` the reasons, `$7` now (ms), `$8` the
 /// printer's queues, `$9` the leader's shard (NULL standalone). The row is the job
-/// (`job_columns!`), its documents' inline bytes (one array, in order), and its estimate
-/// (`ledger_columns!`, NULL when it has none): everything dispatch reads before sending,
-/// in one trip. (The estimate's `LIMIT 1` keeps its lookup a lookup of the claimed job: a
+/// (`job_columns!`), its documents' inline bytes (one array, in order; the documents are
+/// read once for both), and its estimate (`ledger_columns!`, NULL when it has none):
+/// everything dispatch reads before sending, in one trip. (The estimate's `LIMIT 1` keeps its lookup a lookup of the claimed job: a
 /// plan cached while the ledger was near-empty otherwise joined every estimate.)
 ///
 /// Each queue's candidate is the first entry of the `jobs_ready_to_claim` index, whose
@@ -184,13 +192,14 @@ static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| {
                  WHERE ($9::text IS NULL OR EXISTS (SELECT 1 FROM leader)) \
                    AND id = (SELECT id FROM next) \
                  RETURNING ",
-            job_columns!(),
+            job_fields!(),
             ") \
-             SELECT claimed.*, \
-                 (SELECT array_agg(d.inline ORDER BY d.number) FROM documents d \
-                  WHERE d.job_id = claimed.id), \
-                 estimate.* \
-             FROM claimed LEFT JOIN LATERAL (SELECT ",
+             SELECT claimed.*, documents.infos, documents.inline, estimate.* \
+             FROM claimed CROSS JOIN LATERAL (SELECT ",
+            document_infos!(),
+            " AS infos, array_agg(d.inline ORDER BY d.number) AS inline \
+                 FROM documents d WHERE d.job_id = claimed.id) AS documents \
+             LEFT JOIN LATERAL (SELECT ",
             ledger::ledger_columns!(),
             " FROM ledger WHERE ledger.job_id = claimed.id AND ledger.kind = 'estimate' \
                  LIMIT 1) AS estimate ON TRUE"

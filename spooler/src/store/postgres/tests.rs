@@ -776,7 +776,7 @@ async fn insert_pending(client: &tokio_postgres::Client, queue: &str, jobs: i32)
 }
 
 /// `plan` (EXPLAIN ANALYZE's text) read at most two rows of any scan of jobs, of the
-/// documents and of the ledger, and did read jobs and the ledger.
+/// documents and of the ledger, did read jobs and the ledger, and read the documents once.
 fn assert_reads_a_row_or_two(mode: &str, plan: &[&str]) {
     // "... on jobs  (cost=... rows=N ...) (actual time=... rows=N loops=M)"
     let rows_read = |line: &str| -> i64 {
@@ -799,6 +799,12 @@ fn assert_reads_a_row_or_two(mode: &str, plan: &[&str]) {
         assert!(
             !scans.is_empty() || table == "documents",
             "{mode}: no scan of {table} in:\n{}",
+            plan.join("\n")
+        );
+        assert!(
+            table != "documents" || scans.len() <= 1,
+            "{mode}: a claim read the job's documents {} times:\n{}",
+            scans.len(),
             plan.join("\n")
         );
         let most = scans.iter().map(|line| rows_read(line)).max().unwrap_or(0);
