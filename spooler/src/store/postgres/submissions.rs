@@ -84,20 +84,7 @@ async fn insert_batches(
     // Whether the last batch carried several jobs: submissions are arriving together.
     let mut busy = false;
     while let Some(first) = receiver.recv().await {
-        if busy {
-            tokio::time::sleep(LINGER).await;
-        }
-        let mut bytes = first.submission.inline_bytes();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match receiver.try_recv() {
-                Ok(pending) => {
-                    bytes += pending.submission.inline_bytes();
-                    batch.push(pending);
-                }
-                Err(_) => break,
-            }
-        }
+        let batch = gather(first, &mut receiver, busy).await;
         // A server that stopped answering must not hold up the batches after this one;
         // this batch's jobs hear that they were not taken.
         let jobs = batch.len();
@@ -113,6 +100,30 @@ async fn insert_batches(
             );
         }
     }
+}
+
+/// `first` and the submissions waiting behind it, up to a batch's limits; when the last
+/// batch carried several jobs (`busy`), after waiting `LINGER` for more to arrive.
+async fn gather(
+    first: Pending,
+    receiver: &mut mpsc::UnboundedReceiver<Pending>,
+    busy: bool,
+) -> Vec<Pending> {
+    if busy {
+        tokio::time::sleep(LINGER).await;
+    }
+    let mut bytes = first.submission.inline_bytes();
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        match receiver.try_recv() {
+            Ok(pending) => {
+                bytes += pending.submission.inline_bytes();
+                batch.push(pending);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Inserts `batch` in one statement; if the statement fails, each job on its own, so a job
@@ -350,5 +361,102 @@ impl<'a> Columns<'a> {
             &self.estimate_currency,
             &self.estimate_flagged,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::time::{Instant, sleep};
+
+    use super::*;
+    use crate::job::{JobTicket, NewDocument};
+
+    /// A submission with an inline document of `size` bytes, named `name`.
+    fn pending(name: &str, size: usize) -> Pending {
+        let job = NewJob {
+            queue: "office".into(),
+            owner: "alice".into(),
+            name: name.into(),
+            originating_host: None,
+            priority: 50,
+            held: false,
+            ticket: JobTicket::default(),
+            document: Some(NewDocument {
+                format: "application/pdf".into(),
+                name: None,
+                size: size as u64,
+                body: DocumentBody::Inline(Bytes::from(vec![b'x'; size])),
+            }),
+            documents_complete: true,
+            admission: None,
+        };
+        Pending {
+            submission: Submission {
+                job,
+                state: JobState::Pending,
+                reasons: Vec::new(),
+                estimate: None,
+            },
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn names(batch: &[Pending]) -> Vec<&str> {
+        batch
+            .iter()
+            .map(|p| p.submission.job.name.as_str())
+            .collect()
+    }
+
+    /// `pending("b")` as soon as the batch being gathered lets anything else run, and
+    /// `pending("c")` two LINGERs later. (Paused time moves in whole milliseconds.)
+    fn two_late_submissions(sender: mpsc::UnboundedSender<Pending>) {
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            let _ = sender.send(pending("b", 10));
+            sleep(LINGER * 2).await;
+            let _ = sender.send(pending("c", 10));
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_submission_is_sent_at_once() {
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        two_late_submissions(sender);
+        let start = Instant::now();
+        let batch = gather(pending("a", 10), &mut receiver, false).await;
+        assert_eq!(names(&batch), ["a"]);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_load_a_batch_waits_a_linger_for_company() {
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        two_late_submissions(sender);
+        let start = Instant::now();
+        let batch = gather(pending("a", 10), &mut receiver, true).await;
+        assert_eq!(names(&batch), ["a", "b"], "c comes after the linger");
+        assert_eq!(start.elapsed(), LINGER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_closes_at_its_job_and_byte_limits() {
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        for n in 0..MAX_BATCH + 5 {
+            sender.send(pending(&format!("{n}"), 10)).expect("send");
+        }
+        let batch = gather(pending("first", 10), &mut receiver, false).await;
+        assert_eq!(batch.len(), MAX_BATCH);
+
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let quarter = MAX_BATCH_BYTES / 4;
+        for n in 0..5 {
+            sender
+                .send(pending(&format!("{n}"), quarter))
+                .expect("send");
+        }
+        let batch = gather(pending("first", quarter), &mut receiver, false).await;
+        assert_eq!(batch.len(), 4, "the fourth quarter fills the batch");
     }
 }
