@@ -647,27 +647,19 @@ mod tests {
 
     #[test]
     fn private_jobs_hide_their_name() {
-        let job = Job {
-            id: 7,
+        let submitted = crate::job::NewJob {
             queue: "demo".into(),
             owner: "alice".into(),
             name: "salaries.pdf".into(),
             originating_host: None,
             priority: 50,
-            state: JobState::Pending,
-            reasons: vec![],
-            message: None,
+            held: false,
             ticket: JobTicket::default(),
-            documents: vec![],
+            document: None,
             documents_complete: true,
-            created_at: 1_700_000_000,
-            processing_at: None,
-            completed_at: None,
-            printer: None,
-            attempts: 0,
-            impressions_completed: None,
-            sheets_completed: None,
+            admission: None,
         };
+        let job = submitted.created(7, JobState::Pending, vec![], 1_700_000_000);
         let names = |visibility| -> Vec<String> {
             job_attributes(&job, "ipp://h", 1_700_000_100, visibility)
                 .into_iter()

@@ -402,42 +402,38 @@ mod tests {
         }
     }
 
-    fn names(batch: &[Pending]) -> Vec<&str> {
-        batch
-            .iter()
-            .map(|p| p.submission.job.name.as_str())
-            .collect()
-    }
-
-    /// `pending("b")` as soon as the batch being gathered lets anything else run, and
-    /// `pending("c")` two LINGERs later. (Paused time moves in whole milliseconds.)
-    fn two_late_submissions(sender: mpsc::UnboundedSender<Pending>) {
+    /// Gathers a batch from `pending("a")`, with `pending("b")` sent as soon as the
+    /// gathering lets anything else run and `pending("c")` two LINGERs later (paused time
+    /// moves in whole milliseconds): the batch's names, and how long the gathering took.
+    async fn gather_with_late_company(busy: bool) -> (Vec<String>, Duration) {
+        let (sender, mut receiver) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             tokio::task::yield_now().await;
             let _ = sender.send(pending("b", 10));
             sleep(LINGER * 2).await;
             let _ = sender.send(pending("c", 10));
         });
+        let start = Instant::now();
+        let batch = gather(pending("a", 10), &mut receiver, busy).await;
+        let names = batch
+            .iter()
+            .map(|p| p.submission.job.name.clone())
+            .collect();
+        (names, start.elapsed())
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lone_submission_is_sent_at_once() {
-        let (sender, mut receiver) = mpsc::unbounded_channel();
-        two_late_submissions(sender);
-        let start = Instant::now();
-        let batch = gather(pending("a", 10), &mut receiver, false).await;
-        assert_eq!(names(&batch), ["a"]);
-        assert_eq!(start.elapsed(), Duration::ZERO);
+        let (names, took) = gather_with_late_company(false).await;
+        assert_eq!(names, ["a"]);
+        assert_eq!(took, Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
     async fn under_load_a_batch_waits_a_linger_for_company() {
-        let (sender, mut receiver) = mpsc::unbounded_channel();
-        two_late_submissions(sender);
-        let start = Instant::now();
-        let batch = gather(pending("a", 10), &mut receiver, true).await;
-        assert_eq!(names(&batch), ["a", "b"], "c comes after the linger");
-        assert_eq!(start.elapsed(), LINGER);
+        let (names, took) = gather_with_late_company(true).await;
+        assert_eq!(names, ["a", "b"], "c comes after the linger");
+        assert_eq!(took, LINGER);
     }
 
     #[tokio::test(start_paused = true)]
