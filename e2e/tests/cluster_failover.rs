@@ -9,7 +9,9 @@
 //! - a job reaches a printer twice only when its first delivery began before a takeover
 //!   and the second after it (the one job in transmission when its leader stopped), at most
 //!   once per printer per takeover (the kills, and any step-down of a leader too slow to
-//!   renew on this busy machine);
+//!   renew on this busy machine); a submission sent again after its pod went away carries
+//!   its attempt in the document, so the two jobs it may make are told apart from a job
+//!   printed twice;
 //! - dispatch resumes, on another pod, within 10 s of each kill;
 //! - the ledger charges each acknowledged job exactly once.
 //!
@@ -50,21 +52,28 @@ fn queue_of(submission: usize) -> &'static str {
     }
 }
 
+/// A Print-Job's document: (submission, attempt), the attempt counted from 0. A client
+/// that sends a submission again after a pod went away sends it marked with the next
+/// attempt, so the printers tell the two jobs it may make apart.
+type Sent = (usize, usize);
+
 /// Small documents stay inline in the job row, larger ones go to S3: alternate, so both
 /// shared stores are used.
-fn document(submission: usize) -> Bytes {
+fn document((submission, attempt): Sent) -> Bytes {
     let size = if submission.is_multiple_of(2) {
         4 * 1024
     } else {
         80 * 1024
     };
-    documents::pdf(&format!("{MARKER}{submission:04}"), size).into()
+    documents::pdf(&format!("{MARKER}{submission:04}.{attempt}"), size).into()
 }
 
-fn marker_in(bytes: &[u8]) -> Option<usize> {
+fn marker_in(bytes: &[u8]) -> Option<Sent> {
     let text = String::from_utf8_lossy(bytes);
     let start = text.find(MARKER)? + MARKER.len();
-    text.get(start..start + 4)?.parse().ok()
+    let submission = text.get(start..start + 4)?.parse().ok()?;
+    let attempt = text.get(start + 5..start + 6)?.parse().ok()?;
+    Some((submission, attempt))
 }
 
 async fn start_shard() -> Shard {
@@ -83,35 +92,32 @@ fn pod(shard: &Shard, config: &str, name: &str) -> Spooler {
     })
 }
 
-/// Each printer's deliveries: submission -> start times of its complete deliveries.
+/// Each printer's deliveries: what was sent -> start times of its complete deliveries.
 struct Printed {
     sink: RawSink,
     eve: IppEvePrinter,
-    /// ippeveprinter's spool files already read, with the submission each carries and
-    /// when it was first seen.
-    eve_files: Mutex<BTreeMap<PathBuf, (usize, Instant)>>,
+    /// ippeveprinter's spool files already read, with what each carries and when it was
+    /// first seen.
+    eve_files: Mutex<BTreeMap<PathBuf, (Sent, Instant)>>,
 }
 
 impl Printed {
-    fn raw(&self) -> BTreeMap<usize, Vec<Instant>> {
-        let mut by_submission: BTreeMap<usize, Vec<Instant>> = BTreeMap::new();
+    fn raw(&self) -> BTreeMap<Sent, Vec<Instant>> {
+        let mut by_sent: BTreeMap<Sent, Vec<Instant>> = BTreeMap::new();
         for delivery in self.sink.deliveries() {
-            if let Some(submission) = marker_in(&delivery.head)
+            if let Some(sent) = marker_in(&delivery.head)
                 && delivery.finished.is_some()
-                && delivery.bytes == document(submission).len() as u64
+                && delivery.bytes == document(sent).len() as u64
             {
-                by_submission
-                    .entry(submission)
-                    .or_default()
-                    .push(delivery.started);
+                by_sent.entry(sent).or_default().push(delivery.started);
             }
         }
-        by_submission
+        by_sent
     }
 
     /// ippeveprinter keeps one spool file per job it received; a file counts from when it
     /// is seen complete (it holds the whole document).
-    fn ipp(&self) -> BTreeMap<usize, Vec<Instant>> {
+    fn ipp(&self) -> BTreeMap<Sent, Vec<Instant>> {
         let mut seen = self.eve_files.lock().expect("lock");
         for path in self.eve.received_files() {
             if seen.contains_key(&path) {
@@ -120,20 +126,20 @@ impl Printed {
             let Ok(bytes) = std::fs::read(&path) else {
                 continue;
             };
-            if let Some(submission) = marker_in(&bytes)
-                && bytes.len() == document(submission).len()
+            if let Some(sent) = marker_in(&bytes)
+                && bytes.len() == document(sent).len()
             {
-                seen.insert(path, (submission, Instant::now()));
+                seen.insert(path, (sent, Instant::now()));
             }
         }
-        let mut by_submission: BTreeMap<usize, Vec<Instant>> = BTreeMap::new();
-        for (submission, at) in seen.values() {
-            by_submission.entry(*submission).or_default().push(*at);
+        let mut by_sent: BTreeMap<Sent, Vec<Instant>> = BTreeMap::new();
+        for (sent, at) in seen.values() {
+            by_sent.entry(*sent).or_default().push(*at);
         }
-        by_submission
+        by_sent
     }
 
-    fn all(&self) -> BTreeMap<usize, Vec<Instant>> {
+    fn all(&self) -> BTreeMap<Sent, Vec<Instant>> {
         let mut all = self.raw();
         all.extend(self.ipp());
         all
@@ -159,8 +165,9 @@ enum Refused {
     Status(String),
 }
 
-/// Print-Job of `submission` to `uri` (`{queue}` in it names the queue); its job-id.
-async fn print(uri: &str, submission: usize) -> Result<i32, Refused> {
+/// Print-Job of `sent` to `uri` (`{queue}` in it names the queue); its job-id.
+async fn print(uri: &str, sent: Sent) -> Result<i32, Refused> {
+    let submission = sent.0;
     let uri = uri.replace("{queue}", queue_of(submission));
     let mut client = IppConnection::new(&uri).map_err(|e| Refused::Unreachable(e.to_string()))?;
     let response = client
@@ -168,7 +175,7 @@ async fn print(uri: &str, submission: usize) -> Result<i32, Refused> {
             USER,
             &format!("job {submission}"),
             "application/pdf",
-            document(submission),
+            document(sent),
         )
         .await
         .map_err(|e| Refused::Unreachable(e.to_string()))?;
@@ -182,14 +189,14 @@ async fn print(uri: &str, submission: usize) -> Result<i32, Refused> {
 }
 
 /// Submits `JOBS` jobs at `RATE` per second, job `i` to pod `i % 3`, or to the next pod
-/// alive when that one does not answer (as a Service would). Records submission -> job-id
-/// of the acknowledged. Returns the failures, and the submissions sent again after a pod
-/// went away during the request: that pod may have stored the job before it died, so the
-/// second Print-Job can make a second job of the same document (IPP gives a client no way
-/// to tell).
+/// alive when that one does not answer (as a Service would). Records the acknowledged
+/// attempt of each submission and its job-id. Returns the failures, and the submissions
+/// sent again after a pod went away during the request: that pod may have stored the job
+/// before it died, so the second Print-Job can make a second job (IPP gives a client no
+/// way to tell).
 async fn load(
     uris: Vec<String>,
-    acked: Arc<Mutex<BTreeMap<usize, i32>>>,
+    acked: Arc<Mutex<BTreeMap<Sent, i32>>>,
 ) -> (Vec<String>, BTreeSet<usize>) {
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -201,9 +208,13 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut last_error = String::new();
             for attempt in 0..uris.len() {
-                match print(&uris[(submission + attempt) % uris.len()], submission).await {
+                let uri = &uris[(submission + attempt) % uris.len()];
+                match print(uri, (submission, attempt)).await {
                     Ok(job_id) => {
-                        acked.lock().expect("lock").insert(submission, job_id);
+                        acked
+                            .lock()
+                            .expect("lock")
+                            .insert((submission, attempt), job_id);
                         return Ok(attempt > 0);
                     }
                     Err(Refused::Status(status)) => return Err(status),
@@ -381,9 +392,9 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
     let deadline = Instant::now() + DELIVERY_TIMEOUT;
     loop {
         let delivered = printed.all();
-        let missing: Vec<usize> = acked
+        let missing: Vec<Sent> = acked
             .keys()
-            .filter(|submission| !delivered.contains_key(submission))
+            .filter(|sent| !delivered.contains_key(sent))
             .copied()
             .collect();
         if missing.is_empty() {
@@ -399,8 +410,8 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
     let mut client = IppConnection::new(&survivor.queue_uri("failover-raw")).expect("client");
     let raw_jobs: BTreeMap<usize, i32> = acked
         .iter()
-        .filter(|(submission, _)| queue_of(**submission) == "failover-raw")
-        .map(|(s, id)| (*s, *id))
+        .filter(|((submission, _), _)| queue_of(*submission) == "failover-raw")
+        .map(|((submission, _), id)| (*submission, *id))
         .collect();
     if let Err(problem) = client
         .wait_until_completed(&raw_jobs, USER, Duration::from_secs(60))
@@ -421,40 +432,35 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
             "no pod took over after the kill at {kill:?}"
         );
     }
+    let acked_submissions: BTreeSet<usize> =
+        acked.keys().map(|(submission, _)| *submission).collect();
     let mut printed_twice = BTreeSet::new();
     // Second jobs made by a client's second Print-Job, per printer.
     let mut second_jobs = BTreeMap::new();
     for (name, deliveries) in [("raw", printed.raw()), ("ipp", printed.ipp())] {
         let mut twice_per_takeover = vec![0; takeovers.len()];
-        for (submission, starts) in &deliveries {
+        for (sent @ (submission, _), starts) in &deliveries {
             assert!(
-                acked.contains_key(submission),
+                acked_submissions.contains(submission),
                 "submission {submission} was printed but never acknowledged"
             );
             match starts.as_slice() {
                 [_] => {}
+                // The job in transmission at a kill, sent again by the next leader.
                 [a, b] => {
                     let (early, late) = if a < b { (a, b) } else { (b, a) };
-                    // The job in transmission at a kill, sent again by the next leader; or
-                    // else the second job of a submission sent again.
-                    match takeovers
+                    let across = takeovers
                         .iter()
                         .rposition(|takeover| early < takeover && late > takeover)
-                    {
-                        Some(across) => {
-                            twice_per_takeover[across] += 1;
-                            printed_twice.insert(*submission);
-                        }
-                        None if resent.contains(submission) => {
-                            *second_jobs.entry(name).or_insert(0) += 1;
-                        }
-                        None => panic!(
-                            "submission {submission} was printed twice, not across a \
-                             takeover ({takeovers:?})"
-                        ),
-                    }
+                        .unwrap_or_else(|| {
+                            panic!(
+                                "{sent:?} was printed twice, not across a takeover ({takeovers:?})"
+                            )
+                        });
+                    twice_per_takeover[across] += 1;
+                    printed_twice.insert(*sent);
                 }
-                all => panic!("submission {submission} was printed {} times", all.len()),
+                all => panic!("{sent:?} was printed {} times", all.len()),
             }
         }
         assert!(
@@ -462,6 +468,17 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
             "{name}: more than the one job in transmission was printed again: \
              {twice_per_takeover:?}"
         );
+        let submissions: BTreeSet<usize> = deliveries
+            .keys()
+            .map(|(submission, _)| *submission)
+            .collect();
+        for (submission, attempt) in deliveries.keys() {
+            assert!(
+                *attempt == 0 || resent.contains(submission),
+                "attempt {attempt} of submission {submission}, which was not sent again"
+            );
+        }
+        second_jobs.insert(name, deliveries.len() - submissions.len());
     }
 
     // The ledger charges each job once: the raw printer reports nothing, so its jobs are
@@ -469,7 +486,7 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
     // reports, the same for each.
     let ipp_submissions = acked
         .keys()
-        .filter(|s| queue_of(**s) == "failover-ipp")
+        .filter(|(submission, _)| queue_of(*submission) == "failover-ipp")
         .count();
     let raw_jobs = JOBS - ipp_submissions + second_jobs.get("raw").copied().unwrap_or(0);
     let ipp_jobs = ipp_submissions + second_jobs.get("ipp").copied().unwrap_or(0);
@@ -542,12 +559,13 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expire
             .into_iter()
             .filter(|delivery| delivery.started > since)
             .filter_map(|delivery| marker_in(&delivery.head))
+            .map(|(submission, _)| submission)
             .collect::<BTreeSet<usize>>()
     };
     // Raw-queue submissions only (not multiples of IPP_EVERY).
     let submissions = |range: std::ops::Range<usize>| range.map(|n| n * IPP_EVERY + 1);
     for submission in submissions(0..5) {
-        assert!(print(&uri, submission).await.is_ok());
+        assert!(print(&uri, (submission, 0)).await.is_ok());
     }
     let start = Instant::now() - Duration::from_secs(3600);
     eventually("the first jobs printed", Duration::from_secs(30), || {
@@ -562,7 +580,7 @@ async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expire
     tokio::time::sleep_until(expiry.into()).await;
     for submission in submissions(5..15) {
         assert!(
-            print(&uri, submission).await.is_ok(),
+            print(&uri, (submission, 0)).await.is_ok(),
             "submissions do not need the API server"
         );
     }
@@ -663,7 +681,7 @@ async fn a_queue_moved_between_shards_is_dispatched_by_one_shard_at_a_time() {
         async move {
             let mut ids = BTreeSet::new();
             for submission in range.map(|n| n * IPP_EVERY + 1) {
-                match print(&uri, submission).await {
+                match print(&uri, (submission, 0)).await {
                     Ok(id) => ids.insert(id),
                     Err(_) => panic!("submission {submission} refused"),
                 };
@@ -741,7 +759,7 @@ async fn postgres_restarting_under_load_loses_nothing_and_charges_each_job_once(
                 tokio::time::sleep_until(due.into()).await;
                 let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
-                    match print(&uris[n % uris.len()], submission).await {
+                    match print(&uris[n % uris.len()], (submission, 0)).await {
                         Ok(job_id) => {
                             acked.insert(submission, job_id);
                             break;
@@ -784,6 +802,7 @@ async fn postgres_restarting_under_load_loses_nothing_and_charges_each_job_once(
             .iter()
             .filter(|delivery| delivery.finished.is_some())
             .filter_map(|delivery| marker_in(&delivery.head))
+            .map(|(submission, _)| submission)
             .collect();
         let missing: Vec<&usize> = acked.keys().filter(|s| !delivered.contains(s)).collect();
         if missing.is_empty() {
