@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::job::{Claimer, JobId};
-use crate::store::{JobQuery, WhichJobs};
+use crate::store::{JobQuery, QueueDepth, WhichJobs};
 
 mod worker;
 
@@ -415,10 +415,7 @@ async fn update_queue_depths(app: &App) {
     };
     // Only configured queues get a label: the label set stays bounded.
     for queue in app.config().queues.keys() {
-        let depth = depths
-            .iter()
-            .find(|depth| &depth.queue == queue)
-            .map_or(0, |depth| depth.unfinished);
+        let depth = QueueDepth::of(&depths, queue).map_or(0, |depth| depth.unfinished);
         app.metrics
             .queue_depth
             .with_label_values(&[queue.as_str()])

@@ -1046,14 +1046,13 @@ impl StoredQueues {
     /// Depths of `queue` alone, or of every queue (`None`).
     async fn read(ctx: &RequestContext, queue: Option<&str>) -> Result<Self, Failure> {
         let store = &ctx.app.store;
-        Ok(StoredQueues {
-            paused: store.paused_queues().await.map_err(store_failure)?,
-            depths: store.queue_depths(queue).await.map_err(store_failure)?,
-        })
+        let (paused, depths) = tokio::try_join!(store.paused_queues(), store.queue_depths(queue))
+            .map_err(store_failure)?;
+        Ok(StoredQueues { paused, depths })
     }
 
     fn state(&self, queue: &str) -> QueueState {
-        let depth = self.depths.iter().find(|depth| depth.queue == queue);
+        let depth = QueueDepth::of(&self.depths, queue);
         QueueState {
             paused: self.paused.iter().any(|p| p == queue),
             queued: depth.map_or(0, |depth| {

@@ -125,7 +125,7 @@ fn now_ms() -> i64 {
 
 /// Creates `job`, checking that the job the store answers with (built from the submission,
 /// not read back) is the one it then reads.
-async fn create(store: &dyn JobStore, job: NewJob) -> JobId {
+async fn created(store: &dyn JobStore, job: NewJob) -> crate::job::Job {
     let created = store.create_job(job).await.expect("create_job");
     let stored = store
         .job(created.id)
@@ -133,7 +133,11 @@ async fn create(store: &dyn JobStore, job: NewJob) -> JobId {
         .expect("job")
         .expect("job exists");
     assert_eq!(created, stored, "the created job as answered and as stored");
-    created.id
+    created
+}
+
+async fn create(store: &dyn JobStore, job: NewJob) -> JobId {
+    created(store, job).await.id
 }
 
 async fn state_of(store: &dyn JobStore, id: JobId) -> JobState {
@@ -194,19 +198,14 @@ pub(crate) async fn initial_states(backend: &dyn Backend) {
     let store = backend.open().await;
     let mut held = new_job("office", "alice");
     held.held = true;
-    let held = store.create_job(held).await.expect("create held");
-    assert_eq!(Some(&held), store.job(held.id).await.expect("job").as_ref());
+    let held = created(store.as_ref(), held).await;
     assert_eq!(held.state, JobState::PendingHeld);
     assert_eq!(held.reasons, reasons(&["job-hold-until-specified"]));
 
     let mut incoming = new_job("office", "alice");
     incoming.document = None;
     incoming.documents_complete = false;
-    let incoming = store.create_job(incoming).await.expect("create incoming");
-    assert_eq!(
-        Some(&incoming),
-        store.job(incoming.id).await.expect("job").as_ref()
-    );
+    let incoming = created(store.as_ref(), incoming).await;
     assert_eq!(incoming.state, JobState::Pending);
     assert_eq!(incoming.reasons, reasons(&["job-incoming"]));
     assert!(!incoming.documents_complete);

@@ -96,6 +96,17 @@ pub struct QueueDepth {
     pub processing: i64,
 }
 
+impl QueueDepth {
+    /// `queue`'s entry in `depths` as `JobStore::queue_depths` returns them (in queue
+    /// order); `None` when it has no unfinished job.
+    pub fn of<'a>(depths: &'a [QueueDepth], queue: &str) -> Option<&'a QueueDepth> {
+        depths
+            .binary_search_by(|depth| depth.queue.as_str().cmp(queue))
+            .ok()
+            .map(|index| &depths[index])
+    }
+}
+
 /// A Get-Jobs style query.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JobQuery {
@@ -232,7 +243,8 @@ pub trait JobStore: Send + Sync {
     /// Pause-Printer / Resume-Printer, persisted.
     async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<(), StoreError>;
     async fn paused_queues(&self) -> Result<Vec<String>, StoreError>;
-    /// Unfinished jobs per queue that has any, in queue order; only `queue`'s when given.
+    /// Unfinished jobs per queue that has any, ordered by queue name byte by byte (as
+    /// `QueueDepth::of` looks them up); only `queue`'s when given.
     /// Counted in the store, so a printer's status costs no read of its jobs.
     async fn queue_depths(&self, queue: Option<&str>) -> Result<Vec<QueueDepth>, StoreError>;
     /// Whether the store can take jobs now (`/readyz`): it answers, and it can still make
@@ -333,5 +345,29 @@ pub(crate) fn filter(set: bool, condition: &str, parameter: &str) -> String {
         condition.to_owned()
     } else {
         format!("{parameter} IS NULL")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QueueDepth;
+
+    #[test]
+    fn a_queues_depth_is_found_among_depths_in_queue_order() {
+        let depths: Vec<QueueDepth> = ["Lab", "lab", "office"]
+            .into_iter()
+            .zip(1..)
+            .map(|(queue, unfinished)| QueueDepth {
+                queue: queue.to_string(),
+                unfinished,
+                processing: 0,
+            })
+            .collect();
+        let unfinished = |queue| QueueDepth::of(&depths, queue).map(|depth| depth.unfinished);
+        assert_eq!(unfinished("Lab"), Some(1));
+        assert_eq!(unfinished("lab"), Some(2));
+        assert_eq!(unfinished("office"), Some(3));
+        assert_eq!(unfinished("annex"), None);
+        assert_eq!(unfinished("zoo"), None);
     }
 }

@@ -159,8 +159,9 @@ macro_rules! job_columns {
 /// printer's queues, `$9` the leader's shard (NULL standalone). The row is the job
 /// (`job_columns!`), its documents' inline bytes (one array, in order; the documents are
 /// read once for both), and its estimate (`ledger_columns!`, NULL when it has none):
-/// everything dispatch reads before sending, in one trip. (The estimate's `LIMIT 1` keeps its lookup a lookup of the claimed job: a
-/// plan cached while the ledger was near-empty otherwise joined every estimate.)
+/// everything dispatch reads before sending, in one trip. (The estimate's `LIMIT 1` keeps
+/// its lookup a lookup of the claimed job: a plan cached while the ledger was near-empty
+/// otherwise joined every estimate.)
 ///
 /// Each queue's candidate is the first entry of the `jobs_ready_to_claim` index, whose
 /// predicate the statement repeats word for word so the planner can use it: a claim then
