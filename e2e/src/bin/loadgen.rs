@@ -330,8 +330,8 @@ type Figure = fn(&Figures) -> Option<f64>;
 /// The comparison's rows: label, figure, and whether the summary over rounds repeats it.
 const ROWS: [(&str, Figure, bool); 9] = [
     ("accepted jobs/s", |f| Some(f.accepted_per_second()), true),
-    ("delivered jobs/s", Figures::delivered_per_second, false),
-    ("drained jobs/s (after)", Figures::drained_per_second, false),
+    ("delivered jobs/s", Figures::delivered_per_second, true),
+    ("drained jobs/s (after)", Figures::drained_per_second, true),
     ("p50 latency ms", |f| f.latency_ms(50.0), false),
     ("p99 latency ms", |f| f.latency_ms(99.0), true),
     ("failed submissions", |f| Some(f.errors as f64), false),
@@ -348,8 +348,15 @@ fn mib(kib: Option<u64>) -> Option<f64> {
     kib.map(|kib| kib as f64 / 1024.0)
 }
 
-/// Each server's main figures and each ratio of accepted jobs/s as median (least to
-/// greatest) over `rounds`; every round has the same columns.
+/// The rates whose ratios the summary over rounds gives.
+const RATES: [(&str, Figure); 3] = [
+    ("accepted", |f| Some(f.accepted_per_second())),
+    ("delivered", Figures::delivered_per_second),
+    ("drained", Figures::drained_per_second),
+];
+
+/// Each server's main figures and each ratio of its rates as median (least to greatest)
+/// over `rounds`; every round has the same columns.
 fn print_rounds(rounds: &[Comparison]) {
     let Some(first) = rounds.first() else {
         return;
@@ -365,16 +372,18 @@ fn print_rounds(rounds: &[Comparison]) {
     for (index, column) in first.columns.iter().enumerate() {
         for (label, value, _) in ROWS.into_iter().filter(|&(_, _, summed)| summed) {
             let figure = over_rounds(&|round| value(&round.columns[index].figures));
-            println!("{:<14}{label:<22}{figure}", column.name);
+            println!("{:<14}{label:<24}{figure}", column.name);
         }
     }
     for &(name, numerator, denominator) in &first.ratios {
-        let ratio = over_rounds(&|round| {
-            let of = |index: usize| round.columns[index].figures.accepted_per_second();
-            let denominator = of(denominator);
-            (denominator > 0.0).then(|| of(numerator) / denominator)
-        });
-        println!("{name:<36}{ratio}");
+        for (rate, value) in RATES {
+            let ratio = over_rounds(&|round| {
+                let of = |index: usize| value(&round.columns[index].figures);
+                let denominator = of(denominator).filter(|&rate| rate > 0.0)?;
+                Some(of(numerator)? / denominator)
+            });
+            println!("{:<38}{ratio}", format!("{name} {rate}"));
+        }
     }
     if first.cluster.is_some() {
         let resumed = over_rounds(&|round| {
@@ -383,7 +392,7 @@ fn print_rounds(rounds: &[Comparison]) {
                 .as_ref()
                 .map(|extras| extras.resumed_after.as_secs_f64())
         });
-        println!("{:<36}{resumed}", "3 pods: resumed after kill -9, s");
+        println!("{:<38}{resumed}", "3 pods: resumed after kill -9, s");
     }
 }
 
