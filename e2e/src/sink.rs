@@ -2,11 +2,12 @@
 //! records it as one delivered job.
 
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
 use crate::error::{HarnessError, Result};
 
@@ -22,29 +23,57 @@ pub struct Delivery {
 }
 
 /// A 9100 sink on 127.0.0.1; the listener stops when this is dropped.
+///
+/// Like a real printer it runs apart from whoever loads the spooler: on a thread and
+/// runtime of its own, so its connections never queue behind a load generator's clients.
 pub struct RawSink {
     port: u16,
     deliveries: Arc<Mutex<Vec<Delivery>>>,
-    task: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl RawSink {
-    /// Starts listening on a free port (needs a tokio runtime). Each delivery keeps its
-    /// first `keep_head` bytes, enough to find a job marker without holding whole documents.
-    pub async fn start(keep_head: usize) -> Result<RawSink> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+    /// Starts listening on a free port. Each delivery keeps its first `keep_head` bytes,
+    /// enough to find a job marker without holding whole documents.
+    pub fn start(keep_head: usize) -> Result<RawSink> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .map_err(HarnessError::io("binding the 9100 sink"))?;
         let port = listener
             .local_addr()
             .map_err(HarnessError::io("reading the sink's port"))?
             .port();
+        listener
+            .set_nonblocking(true)
+            .map_err(HarnessError::io("making the sink's listener non-blocking"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(HarnessError::io("starting the sink's runtime"))?;
+        let listener = {
+            let _registered_with = runtime.enter();
+            TcpListener::from_std(listener)
+                .map_err(HarnessError::io("registering the sink's listener"))?
+        };
         let deliveries = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(accept_loop(listener, deliveries.clone(), keep_head));
+        let (stop, stopped) = oneshot::channel();
+        let recorded = deliveries.clone();
+        let thread = std::thread::Builder::new()
+            .name("9100-sink".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        _ = accept_loop(listener, recorded, keep_head) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })
+            .map_err(HarnessError::io("starting the sink's thread"))?;
         Ok(RawSink {
             port,
             deliveries,
-            task,
+            stop: Some(stop),
+            thread: Some(thread),
         })
     }
 
@@ -81,7 +110,12 @@ impl RawSink {
 
 impl Drop for RawSink {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -321,7 +321,7 @@ async fn kill_leader(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling_jobs() {
     let cluster = start_shard().await;
-    let sink = RawSink::start(4096).await.expect("sink");
+    let sink = RawSink::start(4096).expect("sink");
     let eve = IppEvePrinter::start_quick("failover-eve").expect("ippeveprinter");
     let queue = |name: &str, printer: &str| {
         cluster.queue_yaml(name, &[printer], "  accountingPolicy: failover\n")
@@ -543,7 +543,7 @@ async fn a_shard_survives_two_leader_kills_under_load_without_losing_or_doubling
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_expires() {
     let cluster = start_shard().await;
-    let sink = RawSink::start(4096).await.expect("sink");
+    let sink = RawSink::start(4096).expect("sink");
     let config = config_yaml(&[
         printer_yaml("raw", &sink.uri()),
         cluster.queue_yaml("failover-raw", &["raw"], ""),
@@ -653,7 +653,7 @@ async fn reload(pod: &Spooler, config: &str) {
 async fn a_queue_moved_between_shards_is_dispatched_by_one_shard_at_a_time() {
     const OTHER: &str = "printfleet-shard-1";
     let cluster = start_shard().await;
-    let sink = RawSink::start(4096).await.expect("sink");
+    let sink = RawSink::start(4096).expect("sink");
     let config_on = |shard: &str| {
         config_yaml(&[
             printer_yaml("raw", &sink.uri()),
@@ -734,7 +734,7 @@ async fn a_queue_moved_between_shards_is_dispatched_by_one_shard_at_a_time() {
 async fn postgres_restarting_under_load_loses_nothing_and_charges_each_job_once() {
     const SUBMISSIONS: usize = 300;
     let cluster = start_shard().await;
-    let sink = RawSink::start(4096).await.expect("sink");
+    let sink = RawSink::start(4096).expect("sink");
     let config = config_yaml(&[
         printer_yaml("raw", &sink.uri()),
         cluster.queue_yaml("failover-raw", &["raw"], "  accountingPolicy: failover\n"),

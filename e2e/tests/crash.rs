@@ -58,7 +58,7 @@ fn document(submission: usize) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_burst_loses_no_acknowledged_job() {
-    let sink = RawSink::start(4096).await.unwrap();
+    let sink = RawSink::start(4096).unwrap();
     let config = config_yaml(&[
         printer_yaml("crash-sink", &sink.uri()),
         queue_yaml("crash", &["crash-sink"], ""),

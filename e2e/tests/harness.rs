@@ -101,7 +101,7 @@ fn cupsd_accepts_jobs_on_its_null_queue() {
 #[tokio::test]
 async fn raw_sink_counts_connections_and_bytes() {
     use tokio::io::AsyncWriteExt;
-    let sink = RawSink::start(16).await.unwrap();
+    let sink = RawSink::start(16).unwrap();
     for payload in [&b"first job bytes"[..], b"second"] {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", sink.port()))
             .await

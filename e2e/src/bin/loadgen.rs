@@ -455,7 +455,7 @@ const BENCH_POLICY: &str = "apiVersion: printfleet.io/v1alpha1\nkind: Accounting
 /// Benches the spooler printing to a raw sink, with `policy` (an AccountingPolicy document
 /// named `bench`) on its queue when given.
 async fn bench_spooler(load: Load, policy: Option<&str>) -> anyhow::Result<Figures> {
-    let sink = RawSink::start(0).await?;
+    let sink = RawSink::start(0)?;
     let mut documents = vec![printer_yaml("bench-sink", &sink.uri())];
     match policy {
         Some(policy) => {
@@ -520,7 +520,7 @@ struct ClusterExtras {
 /// leader and times the takeover.
 async fn bench_cluster(load: Load) -> anyhow::Result<(Figures, ClusterExtras)> {
     let shard = Shard::start("bench-shard", BENCH_LEASE_SECONDS, true).await?;
-    let sink = RawSink::start(0).await?;
+    let sink = RawSink::start(0)?;
     let config = config_yaml(&[
         printer_yaml("bench-sink", &sink.uri()),
         shard.queue_yaml("bench", &["bench-sink"], ""),
