@@ -323,6 +323,27 @@ pub enum Visibility {
     Private,
 }
 
+/// Which job this is and how it stands: what an operation that creates or changes a job
+/// answers with (RFC 8011 section 4.2.1.2), and the first of its full attributes.
+pub fn job_status(job: &Job, base_uri: &str) -> [IppAttribute; 5] {
+    use codec::*;
+    let reasons: Vec<&str> = if job.reasons.is_empty() {
+        vec!["none"]
+    } else {
+        job.reasons.iter().map(String::as_str).collect()
+    };
+    [
+        integer("job-id", job.id),
+        uri("job-uri", &job_uri(base_uri, job.id)),
+        enumeration("job-state", job.state.as_i32()),
+        keywords("job-state-reasons", reasons),
+        text(
+            "job-state-message",
+            job.message.as_deref().unwrap_or(state_message(job.state)),
+        ),
+    ]
+}
+
 /// A job's attributes, each tagged with its group for `requested-attributes`.
 pub fn job_attributes(
     job: &Job,
@@ -342,21 +363,9 @@ pub fn job_attributes(
         None => no_value(name),
     };
     let octets: u64 = job.documents.iter().map(|d| d.size).sum();
-    let reasons: Vec<&str> = if job.reasons.is_empty() {
-        vec!["none"]
-    } else {
-        job.reasons.iter().map(String::as_str).collect()
-    };
-    let mut attributes = vec![
-        description(integer("job-id", job.id)),
-        description(uri("job-uri", &job_uri(base_uri, job.id))),
+    let mut attributes: Vec<_> = job_status(job, base_uri).map(description).into();
+    attributes.extend([
         description(uri("job-printer-uri", &printer_uri(base_uri, &job.queue))),
-        description(enumeration("job-state", job.state.as_i32())),
-        description(keywords("job-state-reasons", reasons)),
-        description(text(
-            "job-state-message",
-            job.message.as_deref().unwrap_or(state_message(job.state)),
-        )),
         description(name_attribute("job-originating-user-name", &job.owner)),
         description(integer(
             "job-k-octets",
@@ -386,7 +395,7 @@ pub fn job_attributes(
             "job-hold-until",
             job.ticket.job_hold_until.as_deref().unwrap_or("no-hold"),
         )),
-    ];
+    ]);
     if visibility == Visibility::Full {
         attributes.push(description(name_attribute("job-name", &job.name)));
         if let Some(host) = &job.originating_host {

@@ -26,7 +26,7 @@ use printfleet_crds::PrintQueueSpec;
 use printfleet_crds::queue::AccessRules;
 
 use super::codec::{self, Request, Response, string_of, values};
-use super::job_attributes::{self, Visibility, job_attributes, parse_submission};
+use super::job_attributes::{self, Visibility, job_attributes, job_status, parse_submission};
 use super::printer_attributes::{
     PrinterView, QueueProfile, QueueState, Requested, printer_attributes,
 };
@@ -611,22 +611,8 @@ fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
-/// The attributes a job-creating or job-changing operation answers with.
-const JOB_SUMMARY: [&str; 5] = [
-    "job-id",
-    "job-uri",
-    "job-state",
-    "job-state-reasons",
-    "job-state-message",
-];
-
 fn job_summary(ctx: &RequestContext, job: &Job) -> Vec<IppAttribute> {
-    Requested::names(&JOB_SUMMARY).filter(job_attributes(
-        job,
-        &ctx.base_uri(),
-        now(),
-        Visibility::Full,
-    ))
+    job_status(job, &ctx.base_uri()).into()
 }
 
 fn ok_status(unsupported: &[IppAttribute]) -> StatusCode {
