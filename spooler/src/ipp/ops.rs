@@ -16,6 +16,7 @@
 //! The default queue (for CUPS-Get-Default and requests addressed to the server) is the
 //! first queue by name.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -525,18 +526,23 @@ fn not_authorized(what: &str, identity: &Identity) -> Failure {
 /// A unique document key: time, host, process and a counter ([A-Za-z0-9._-] only).
 fn document_key() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // Host and process do not change while the process runs: read once, not per document.
+    static HOST_AND_PROCESS: OnceLock<String> = OnceLock::new();
+    let host_and_process = HOST_AND_PROCESS.get_or_init(|| {
+        let host: String = std::env::var("HOSTNAME")
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            .take(63)
+            .collect();
+        format!("{host}-{}", std::process::id())
+    });
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    let host: String = std::env::var("HOSTNAME")
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        .take(63)
-        .collect();
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("doc-{nanos}-{host}-{}-{count}", std::process::id())
+    format!("doc-{nanos}-{host_and_process}-{count}")
 }
 
 fn spool_failure(error: SpoolError) -> Failure {
