@@ -1717,6 +1717,14 @@ mod tests {
         fn path(&self) -> PathBuf {
             self.dir.path().join("jobs.db")
         }
+
+        /// A connection set up as the writer thread's, on the migrated database.
+        fn writer_connection(&self) -> Connection {
+            let mut conn = Connection::open(self.path()).expect("open");
+            configure_writer(&conn).expect("configure");
+            migrate(&mut conn).expect("schema");
+            conn
+        }
     }
 
     #[async_trait]
@@ -1963,9 +1971,7 @@ mod tests {
     #[tokio::test]
     async fn failing_request_does_not_spoil_its_batch() {
         let backend = SqliteBackend::new();
-        let mut conn = Connection::open(backend.path()).expect("open");
-        configure_writer(&conn).expect("configure");
-        migrate(&mut conn).expect("migrate");
+        let mut conn = backend.writer_connection();
         let (requests, answers): (Vec<_>, Vec<_>) =
             [pause("a", false), pause("b", true), pause("c", false)]
                 .into_iter()
@@ -1993,9 +1999,7 @@ mod tests {
 
     /// A writer's connection, with two submissions waiting for it.
     fn two_submissions_waiting(backend: &SqliteBackend) -> (Connection, Waiting) {
-        let mut conn = Connection::open(backend.path()).expect("open");
-        configure_writer(&conn).expect("configure");
-        migrate(&mut conn).expect("migrate");
+        let conn = backend.writer_connection();
         let mut waiting = Waiting::default();
         waiting.push(pause("submission-1", false).0);
         waiting.push(pause("submission-2", false).0);
@@ -2176,9 +2180,7 @@ mod tests {
     #[test]
     fn the_writers_checkpoint_lets_the_log_start_over() {
         let backend = SqliteBackend::new();
-        let mut conn = Connection::open(backend.path()).expect("open");
-        configure_writer(&conn).expect("configure");
-        migrate(&mut conn).expect("schema");
+        let conn = backend.writer_connection();
         let wal = log_path(&backend.path());
         let wal_bytes = || std::fs::metadata(&wal).expect("log").len();
         // Three hundred commits of a page or more each; nothing checkpoints meanwhile.
@@ -2216,9 +2218,7 @@ mod tests {
     #[test]
     fn binding_new_values_does_not_prepare_a_statement_again() {
         let backend = SqliteBackend::new();
-        let mut conn = Connection::open(backend.path()).expect("open");
-        configure_writer(&conn).expect("configure");
-        migrate(&mut conn).expect("schema");
+        let conn = backend.writer_connection();
         let job = NewJob {
             document: Some(NewDocument {
                 format: "text/plain".into(),
@@ -2263,9 +2263,7 @@ mod tests {
     #[test]
     fn a_claim_builds_no_ephemeral_table() {
         let backend = SqliteBackend::new();
-        let mut conn = Connection::open(backend.path()).expect("open");
-        configure_writer(&conn).expect("configure");
-        migrate(&mut conn).expect("schema");
+        let conn = backend.writer_connection();
         for sql in [CLAIM_NEXT, MARK_CLAIMED] {
             assert_eq!(ephemeral_tables(&conn, sql), Vec::<String>::new(), "{sql}");
         }
