@@ -653,12 +653,13 @@ const BOOKKEEPING_WATCH: Duration = Duration::from_micros(100);
 
 /// How long to watch for the next request after `batch` (see [`BOOKKEEPING_WATCH`]).
 fn watch_after(batch: &[Box<dyn WriteRequest>]) -> Duration {
-    let bookkeeping = batch
+    if batch
         .iter()
-        .any(|request| request.durability() != Durability::Fsync);
-    match bookkeeping {
-        true => BOOKKEEPING_WATCH,
-        false => Duration::ZERO,
+        .any(|request| request.durability() != Durability::Fsync)
+    {
+        BOOKKEEPING_WATCH
+    } else {
+        Duration::ZERO
     }
 }
 
