@@ -137,33 +137,31 @@ impl DocumentLog {
         })
     }
 
-    /// Append `bytes` as one record (a blocking write: call it off the async threads). It
-    /// is durable once the files from [`DocumentLog::take_unsynced`] are fsynced.
+    /// Append `bytes` as one record (a blocking write, which may create and fsync a new
+    /// segment: call it off the async threads). It is durable once the files from
+    /// [`DocumentLog::take_unsynced`] are fsynced.
     pub fn append(self: &Arc<Self>, bytes: &[u8]) -> std::io::Result<Appended> {
+        self.append_within(bytes, true)?
+            .ok_or_else(|| Error::other("document log: a new segment was refused"))
+    }
+
+    /// Like `append`, but only into the current segment: `None`, with nothing written, when
+    /// the record needs a new one. What is left is a write into the page cache, cheap
+    /// enough for a small record to be made on an async thread.
+    pub fn append_to_current(self: &Arc<Self>, bytes: &[u8]) -> std::io::Result<Option<Appended>> {
+        self.append_within(bytes, false)
+    }
+
+    fn append_within(
+        self: &Arc<Self>,
+        bytes: &[u8],
+        may_start_segment: bool,
+    ) -> std::io::Result<Option<Appended>> {
         let mut record = Vec::with_capacity(HEADER_BYTES + bytes.len());
         record.extend_from_slice(&header(bytes));
         record.extend_from_slice(bytes);
-        let (file, appended) = {
-            let mut segments = lock(&self.segments);
-            let length = record.len() as u64;
-            if segments.length > 0 && segments.length + length > self.segment_bytes {
-                let next = segments.current + 1;
-                segments.file = create_segment(&self.directory, next)?;
-                segments.present.insert(next);
-                segments.current = next;
-                segments.length = 0;
-            }
-            let offset = i64::try_from(segments.length)
-                .map_err(|_| Error::other("document log segment too long"))?;
-            segments.length += length;
-            let segment = segments.current;
-            *segments.pinned.entry(segment).or_default() += 1;
-            let location = Location { segment, offset };
-            let appended = Appended {
-                log: self.clone(),
-                location,
-            };
-            (segments.file.clone(), appended)
+        let Some((file, appended)) = self.reserve(record.len() as u64, may_start_segment)? else {
+            return Ok(None);
         };
         // Its segment is pinned already, so a failed write leaves a hole nobody points to.
         file.write_all_at(&record, appended.location.offset as u64)?;
@@ -173,7 +171,38 @@ impl DocumentLog {
         if !segments.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
             segments.unsynced.push(file);
         }
-        Ok(appended)
+        Ok(Some(appended))
+    }
+
+    /// The place of a record of `length` bytes, pinned, and the file of its segment; a new
+    /// segment is started when the current one has no room, unless `may_start_segment` is
+    /// false (then `None`).
+    fn reserve(
+        self: &Arc<Self>,
+        length: u64,
+        may_start_segment: bool,
+    ) -> std::io::Result<Option<(Arc<File>, Appended)>> {
+        let mut segments = lock(&self.segments);
+        if segments.length > 0 && segments.length + length > self.segment_bytes {
+            if !may_start_segment {
+                return Ok(None);
+            }
+            let next = segments.current + 1;
+            segments.file = create_segment(&self.directory, next)?;
+            segments.present.insert(next);
+            segments.current = next;
+            segments.length = 0;
+        }
+        let offset = i64::try_from(segments.length)
+            .map_err(|_| Error::other("document log segment too long"))?;
+        segments.length += length;
+        let segment = segments.current;
+        *segments.pinned.entry(segment).or_default() += 1;
+        let appended = Appended {
+            log: self.clone(),
+            location: Location { segment, offset },
+        };
+        Ok(Some((segments.file.clone(), appended)))
     }
 
     /// The segments written to since the last call, for the syncer to fsync.
@@ -299,6 +328,32 @@ mod tests {
         for (bytes, location) in documents.iter().zip(&locations) {
             assert_eq!(log.read(*location, 40_000).expect("read"), *bytes);
         }
+    }
+
+    #[test]
+    fn appending_to_the_current_segment_never_starts_another() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), 100_000);
+        let documents: Vec<Vec<u8>> = (0..3).map(|n| pattern(40_000, n)).collect();
+        let first = log.append_to_current(&documents[0]).expect("append");
+        let second = log.append_to_current(&documents[1]).expect("append");
+        let segment_of = |appended: Option<Appended>| appended.map(|a| a.location().segment);
+        assert_eq!((segment_of(first), segment_of(second)), (Some(1), Some(1)));
+        // A third 40 KB record does not fit the 100 KB segment: nothing is written.
+        assert!(
+            log.append_to_current(&documents[2])
+                .expect("append")
+                .is_none()
+        );
+        assert_eq!(segments(dir.path()), ["000000000001.log"]);
+        let length = std::fs::metadata(segment_path(dir.path(), 1))
+            .expect("segment")
+            .len();
+        assert_eq!(length, 2 * (HEADER_BYTES as u64 + 40_000));
+        // `append` starts the next segment for it.
+        let third = log.append(&documents[2]).expect("append").location();
+        assert_eq!(third.segment, 2);
+        assert_eq!(log.read(third, 40_000).expect("read"), documents[2]);
     }
 
     #[test]
