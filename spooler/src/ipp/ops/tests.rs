@@ -289,6 +289,29 @@ async fn print_pdf(harness: &Harness, user: &str) -> i32 {
     answer.job_id()
 }
 
+/// Job `id` as the store holds it.
+async fn stored_job(harness: &Harness, id: JobId) -> Job {
+    harness
+        .app
+        .store
+        .job(id)
+        .await
+        .expect("store")
+        .expect("job")
+}
+
+/// Send-Document of `data` to job `id` as `user`, with `last-document` true when `last` and
+/// without it otherwise.
+fn send_document(id: JobId, user: &str, last: bool, data: &[u8]) -> Message {
+    let message = Message::new(0x0006, "demo", user).op(codec::integer("job-id", id));
+    let message = if last {
+        message.op(codec::boolean("last-document", true))
+    } else {
+        message
+    };
+    message.data(data)
+}
+
 #[tokio::test]
 async fn print_job_stores_the_job_with_its_detected_format() {
     let harness = harness();
@@ -407,13 +430,7 @@ async fn the_request_is_read_whatever_the_chunking() {
     let chunks: Vec<Vec<u8>> = bytes.chunks(3).map(<[u8]>::to_vec).collect();
     let answer = send_chunks(&harness, "/ipp/print/demo", LOCAL, None, chunks).await;
     assert_eq!(answer.status(), OK);
-    let job = harness
-        .app
-        .store
-        .job(answer.job_id())
-        .await
-        .expect("store")
-        .expect("job");
+    let job = stored_job(&harness, answer.job_id()).await;
     assert_eq!(job.documents[0].size, PDF.len() as u64);
 }
 
@@ -469,49 +486,16 @@ async fn create_job_then_send_document_completes_the_job() {
     let created = send(&harness, &Message::new(0x0005, "demo", "bob")).await;
     assert_eq!(created.status(), OK);
     let id = created.job_id();
-    let missing_last = send(
-        &harness,
-        &Message::new(0x0006, "demo", "bob")
-            .op(codec::integer("job-id", id))
-            .data(b"hello\n"),
-    )
-    .await;
+    let missing_last = send(&harness, &send_document(id, "bob", false, b"hello\n")).await;
     assert_eq!(missing_last.status(), BAD_REQUEST);
-    let stranger = send(
-        &harness,
-        &Message::new(0x0006, "demo", "eve")
-            .op(codec::integer("job-id", id))
-            .op(codec::boolean("last-document", true))
-            .data(b"hello\n"),
-    )
-    .await;
+    let stranger = send(&harness, &send_document(id, "eve", true, b"hello\n")).await;
     assert_eq!(stranger.status(), NOT_AUTHORIZED);
-    let sent = send(
-        &harness,
-        &Message::new(0x0006, "demo", "bob")
-            .op(codec::integer("job-id", id))
-            .op(codec::boolean("last-document", true))
-            .data(b"hello, world\n"),
-    )
-    .await;
+    let sent = send(&harness, &send_document(id, "bob", true, b"hello, world\n")).await;
     assert_eq!(sent.status(), OK);
-    let job = harness
-        .app
-        .store
-        .job(id)
-        .await
-        .expect("store")
-        .expect("job");
+    let job = stored_job(&harness, id).await;
     assert!(job.documents_complete);
     assert_eq!(job.documents[0].format, "text/plain");
-    let again = send(
-        &harness,
-        &Message::new(0x0006, "demo", "bob")
-            .op(codec::integer("job-id", id))
-            .op(codec::boolean("last-document", true))
-            .data(b"more"),
-    )
-    .await;
+    let again = send(&harness, &send_document(id, "bob", true, b"more")).await;
     assert_eq!(again.status(), NOT_POSSIBLE);
 }
 
@@ -527,13 +511,7 @@ async fn close_job_ends_a_job_without_a_document() {
     )
     .await;
     assert_eq!(closed.status(), OK);
-    let job = harness
-        .app
-        .store
-        .job(id)
-        .await
-        .expect("store")
-        .expect("job");
+    let job = stored_job(&harness, id).await;
     assert!(job.documents_complete);
 }
 
@@ -553,13 +531,7 @@ async fn only_the_owner_cancels_holds_and_releases() {
         NOT_AUTHORIZED
     );
     assert_eq!(send(&harness, &by_job_id("bob", 0x000C)).await.status(), OK);
-    let held = harness
-        .app
-        .store
-        .job(id)
-        .await
-        .expect("store")
-        .expect("job");
+    let held = stored_job(&harness, id).await;
     assert_eq!(held.state, JobState::PendingHeld);
     assert_eq!(send(&harness, &by_job_id("bob", 0x000D)).await.status(), OK);
     // Cancel through the CUPS path and job-uri, as `cancel -h` does.
@@ -571,13 +543,7 @@ async fn only_the_owner_cancels_holds_and_releases() {
             .status(),
         OK
     );
-    let canceled = harness
-        .app
-        .store
-        .job(id)
-        .await
-        .expect("store")
-        .expect("job");
+    let canceled = stored_job(&harness, id).await;
     assert_eq!(canceled.state, JobState::Canceled);
     assert_eq!(
         send_as(&harness, "/jobs", LOCAL, None, &cancel)
@@ -661,12 +627,8 @@ async fn cancel_my_jobs_cancels_only_the_requesters_jobs() {
     let eves = print_pdf(&harness, "eve").await;
     let answer = send(&harness, &Message::new(0x0039, "demo", "bob")).await;
     assert_eq!(answer.status(), OK);
-    let state = |id| {
-        let store = harness.app.store.clone();
-        async move { store.job(id).await.expect("store").expect("job").state }
-    };
-    assert_eq!(state(bobs).await, JobState::Canceled);
-    assert_eq!(state(eves).await, JobState::Pending);
+    assert_eq!(stored_job(&harness, bobs).await.state, JobState::Canceled);
+    assert_eq!(stored_job(&harness, eves).await.state, JobState::Pending);
 }
 
 #[tokio::test]
@@ -674,10 +636,6 @@ async fn cancel_jobs_cancels_everything_only_for_an_operator() {
     let harness = harness();
     let bobs = print_pdf(&harness, "bob").await;
     let eves = print_pdf(&harness, "eve").await;
-    let state = |id| {
-        let store = harness.app.store.clone();
-        async move { store.job(id).await.expect("store").expect("job").state }
-    };
     // From another host, with no operators configured: only bob's own job.
     let remote = send_as(
         &harness,
@@ -688,8 +646,8 @@ async fn cancel_jobs_cancels_everything_only_for_an_operator() {
     )
     .await;
     assert_eq!(remote.status(), OK);
-    assert_eq!(state(bobs).await, JobState::Canceled);
-    assert_eq!(state(eves).await, JobState::Pending);
+    assert_eq!(stored_job(&harness, bobs).await.state, JobState::Canceled);
+    assert_eq!(stored_job(&harness, eves).await.state, JobState::Pending);
     // The local administrator cancels everyone's.
     assert_eq!(
         send(&harness, &Message::new(0x0038, "demo", "root"))
@@ -697,7 +655,7 @@ async fn cancel_jobs_cancels_everything_only_for_an_operator() {
             .status(),
         OK
     );
-    assert_eq!(state(eves).await, JobState::Canceled);
+    assert_eq!(stored_job(&harness, eves).await.state, JobState::Canceled);
 }
 
 async fn printer_state(harness: &Harness) -> Option<IppValue> {
@@ -865,13 +823,7 @@ async fn authenticated_queues_challenge_and_check_access() {
     )
     .await;
     assert_eq!(accepted.status(), OK);
-    let job = harness
-        .app
-        .store
-        .job(accepted.job_id())
-        .await
-        .expect("store")
-        .expect("job");
+    let job = stored_job(&harness, accepted.job_id()).await;
     assert_eq!(job.owner, "alice");
     // alice is the queue's operator: she may pause it from anywhere.
     let pause = Message::new(0x0010, "secure", "alice");
