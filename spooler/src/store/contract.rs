@@ -112,6 +112,16 @@ fn claimer(id: &str, epoch: i64) -> Claimer {
     }
 }
 
+/// A completion on printer `p1` that reported no counts.
+fn completed_on_p1() -> Outcome {
+    Outcome::Completed {
+        printer: "p1".to_string(),
+        impressions: None,
+        sheets: None,
+        settlement: None,
+    }
+}
+
 fn queues(names: &[&str]) -> Vec<String> {
     names.iter().map(|name| name.to_string()).collect()
 }
@@ -412,12 +422,7 @@ async fn job_in_state(store: &dyn JobStore, state: JobState, queue: &str) -> Job
             printer: "p1".to_string(),
             message: "unsupported format".to_string(),
         }),
-        JobState::Completed => Some(Outcome::Completed {
-            printer: "p1".to_string(),
-            impressions: None,
-            sheets: None,
-            settlement: None,
-        }),
+        JobState::Completed => Some(completed_on_p1()),
         JobState::ProcessingStopped => unreachable!("no store operation stops a job"),
     };
     if let Some(outcome) = outcome {
@@ -644,12 +649,7 @@ pub(crate) async fn concurrent_claims(backend: &dyn Backend) {
 pub(crate) async fn fencing(backend: &dyn Backend) {
     let store = backend.open().await;
     let id = job_in_state(store.as_ref(), JobState::Processing, "fenced").await;
-    let done = || Outcome::Completed {
-        printer: "p1".to_string(),
-        impressions: None,
-        sheets: None,
-        settlement: None,
-    };
+    let done = completed_on_p1;
     // job_in_state claims as spooler-0 epoch 1.
     let rightful = claimer("spooler-0", 1);
     for intruder in [
@@ -773,18 +773,7 @@ pub(crate) async fn finish_outcomes(backend: &dyn Backend) {
     assert_eq!(again.attempts, 2);
     assert!(
         matches!(
-            store
-                .finish(
-                    retried,
-                    &dispatcher,
-                    Outcome::Completed {
-                        printer: "p1".into(),
-                        impressions: None,
-                        sheets: None,
-                        settlement: None,
-                    }
-                )
-                .await,
+            store.finish(retried, &dispatcher, completed_on_p1()).await,
             Err(StoreError::Fenced(_))
         ),
         "the claim was cleared by the retry"
@@ -897,12 +886,7 @@ pub(crate) async fn shard_leadership(backend: &dyn Backend) {
         claim(first.clone(), "e1").await,
         Err(StoreError::NotLeader { shard }) if shard == "east"
     ));
-    let completed = Outcome::Completed {
-        printer: "p1".into(),
-        impressions: None,
-        sheets: None,
-        settlement: None,
-    };
+    let completed = completed_on_p1();
     assert!(matches!(
         store.finish(in_flight, &first, completed.clone()).await,
         Err(StoreError::Fenced(_))
@@ -978,12 +962,7 @@ pub(crate) async fn queue_hand_off(backend: &dyn Backend) {
             .contains(&"lobby".to_string())
     );
     assert!(claim(west.clone()).await.is_none(), "east still owns lobby");
-    let done = Outcome::Completed {
-        printer: "p1".into(),
-        impressions: None,
-        sheets: None,
-        settlement: None,
-    };
+    let done = completed_on_p1();
     store.finish(first, &east, done).await.expect("finish");
     assert!(
         own(east.clone(), &[], both.clone()).await.is_empty(),
@@ -1065,16 +1044,7 @@ pub(crate) async fn recover(backend: &dyn Backend) {
         assert!(
             matches!(
                 store
-                    .finish(
-                        id,
-                        &claimer("spooler-1", 7),
-                        Outcome::Completed {
-                            printer: "p1".into(),
-                            impressions: None,
-                            sheets: None,
-                            settlement: None,
-                        }
-                    )
+                    .finish(id, &claimer("spooler-1", 7), completed_on_p1())
                     .await,
                 Err(StoreError::Fenced(_))
             ),
