@@ -3,10 +3,10 @@
 //! SQLite writes a blob twice: into the write-ahead log in 4 KiB frames, then into the
 //! database when the log is checkpointed. A document of tens of KiB is instead appended
 //! once, as one record, to the current segment of this log; its row keeps the segment and
-//! offset. The submitting task appends it (off the async threads) before it hands the job to
-//! the writer thread, and the syncer thread fsyncs the segments written alongside the
-//! database's log, so the document is on disk before the client hears that its job was
-//! accepted.
+//! offset. The submitting task appends it before it hands the job to the writer thread (a
+//! small record on its own thread, see `log_document`), and the syncer thread fsyncs the
+//! segments written alongside the database's log, so the document is on disk before the
+//! client hears that its job was accepted.
 //!
 //! Each record carries its length and a CRC-32 of the bytes. A power loss can leave a row
 //! whose commit reached the disk while its record did not (the page cache writes back in
