@@ -118,9 +118,10 @@ use document_log::{Appended, DocumentLog, LOGGED_DOCUMENT_MIN, Location};
 /// Records of at most this many bytes are appended to the document log by the submitting
 /// task itself. With 256 clients sending 64 KiB documents, copying one into the page cache
 /// took 60 µs on average (1.4 ms at the 99th percentile); handing it to a blocking thread
-/// and waking the task again took 5.7 ms (28 ms), the task waiting for a busy async
-/// thread (BENCHMARKS.md, thirteenth session). Larger records (the inline limit is configurable), and one that starts a new
-/// segment (which fsyncs the directory), are written on a blocking thread.
+/// and waking the task again took 5.7 ms (28 ms), the task waiting for a busy async thread
+/// (BENCHMARKS.md, thirteenth session). Larger records (the inline limit is configurable),
+/// and one that starts a new segment (which fsyncs the directory), are written on a
+/// blocking thread.
 const APPEND_IN_PLACE_MAX: usize = 256 * 1024;
 
 /// Most requests committed by one transaction, so one batch cannot starve the next callers.
