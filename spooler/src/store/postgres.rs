@@ -26,7 +26,7 @@ use tokio_postgres::{NoTls, Row};
 
 use self::submissions::{Submission, Submissions, insert_jobs};
 use super::rules::{
-    Fence, REASON_INCOMING, REASON_PRINTING, action_name, fence, finished, initial_state, now,
+    Fence, PRINTING_REASONS, REASON_INCOMING, action_name, fence, finished, initial_state, now,
     state_range, user_transition,
 };
 use super::{
@@ -628,7 +628,7 @@ impl Database {
                     &printer,
                     &claimer.id,
                     &claimer.epoch,
-                    &to_json(&[REASON_PRINTING])?,
+                    &*PRINTING_REASONS,
                     &now_ms,
                     &queues,
                     &claimer.shard,

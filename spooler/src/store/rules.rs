@@ -2,6 +2,7 @@
 //! new job starts as, which user actions each state allows, the claim fence, and what an
 //! attempt's outcome writes. Pure functions; the backends only store the results.
 
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Outcome, REASON_ACCOUNT_LIMIT, StoreError, UserAction, WhichJobs, settlement_of};
@@ -15,6 +16,11 @@ pub(crate) const REASON_CANCELED: &str = "job-canceled-by-user";
 pub(crate) const REASON_PRINTING: &str = "job-printing";
 pub(crate) const REASON_COMPLETED: &str = "job-completed-successfully";
 pub(crate) const REASON_ABORTED: &str = "aborted-by-system";
+
+/// A claimed job's reasons (`[REASON_PRINTING]`) as both stores keep reasons, in JSON:
+/// encoded once, as every claim writes them.
+pub(crate) static PRINTING_REASONS: LazyLock<String> =
+    LazyLock::new(|| serde_json::json!([REASON_PRINTING]).to_string());
 
 /// Now, as unix seconds and unix milliseconds.
 pub(crate) fn now() -> (i64, i64) {

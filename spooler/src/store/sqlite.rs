@@ -26,7 +26,7 @@ use rusqlite::{params, types::Type};
 use tokio::sync::oneshot;
 
 use super::rules::{
-    Fence, REASON_INCOMING, REASON_PRINTING, action_name, fence, finished, initial_state, now,
+    Fence, PRINTING_REASONS, REASON_INCOMING, action_name, fence, finished, initial_state, now,
     state_range, user_transition, without,
 };
 use super::{
@@ -1213,7 +1213,7 @@ fn claim_next(
         claimer.id,
         claimer.epoch,
         claimer.shard,
-        to_json(&[REASON_PRINTING])?,
+        PRINTING_REASONS.as_str(),
     ])?;
     let job = existing_job(conn, id)?;
     let inline = job
