@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{JobQuery, JobStore, Outcome, QueueDepth, StoreError, UserAction, WhichJobs};
-use crate::job::{Claimer, DocumentBody, JobId, JobState, JobTicket, NewDocument, NewJob};
+use crate::job::{Claimer, DocumentBody, Job, JobId, JobState, JobTicket, NewDocument, NewJob};
 
 /// Opens a backend's store. Every `open` of one backend reaches the same data, so a check
 /// can drop a store and open it again.
@@ -32,6 +32,7 @@ macro_rules! job_store_contract {
             concurrent_claims,
             fencing,
             finish_outcomes,
+            recorded_outcomes,
             retry_time,
             recover,
             shard_leadership,
@@ -699,6 +700,54 @@ pub(crate) async fn fencing(backend: &dyn Backend) {
             .await,
         Err(StoreError::Fenced(_))
     ));
+}
+
+/// `record_outcome`, with the store's answer: what `finish` returns.
+async fn recorded(
+    store: &dyn JobStore,
+    id: JobId,
+    claimer: &Claimer,
+    outcome: Outcome,
+) -> Result<Job, StoreError> {
+    store
+        .record_outcome(id, claimer, outcome)
+        .await?
+        .finished()
+        .await
+}
+
+/// `record_outcome` records what `finish` would, through the same fence.
+pub(crate) async fn recorded_outcomes(backend: &dyn Backend) {
+    let store = backend.open().await;
+    let rightful = claimer("spooler-0", 1);
+    let id = job_in_state(store.as_ref(), JobState::Processing, "recorded").await;
+    assert!(matches!(
+        recorded(store.as_ref(), id, &claimer("spooler-1", 1), completed_on_p1()).await,
+        Err(StoreError::Fenced(f)) if f == id
+    ));
+    let finished = recorded(store.as_ref(), id, &rightful, completed_on_p1())
+        .await
+        .expect("record the completion");
+    assert_eq!(finished.state, JobState::Completed);
+    assert_eq!(finished.printer.as_deref(), Some("p1"));
+    assert_eq!(store.job(id).await.expect("read"), Some(finished));
+    assert!(
+        matches!(
+            recorded(store.as_ref(), id, &rightful, completed_on_p1()).await,
+            Err(StoreError::Fenced(_))
+        ),
+        "a completed job cannot be completed again"
+    );
+
+    let printing = job_in_state(store.as_ref(), JobState::Processing, "recorded-cancel").await;
+    let canceled = store
+        .apply(printing, UserAction::Cancel)
+        .await
+        .expect("cancel");
+    let after = recorded(store.as_ref(), printing, &rightful, completed_on_p1())
+        .await
+        .expect("record");
+    assert_eq!(after, canceled, "a job canceled meanwhile stays canceled");
 }
 
 pub(crate) async fn finish_outcomes(backend: &dyn Backend) {

@@ -23,8 +23,11 @@
 //!    `AllowAndFlag`: the estimate is flagged; `Accept`: as is;
 //! 4. insert the estimate (`Admission::estimate`).
 
+use std::pin::Pin;
+
 use async_trait::async_trait;
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::accounting::ledger::{Admission, EntryKind, LedgerEntry, LedgerQuery};
 use crate::accounting::quota::Tripped;
@@ -145,7 +148,7 @@ pub struct Claim {
 }
 
 /// How a dispatch attempt ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The printer took every document; counts when it reported them.
     Completed {
@@ -165,6 +168,16 @@ pub enum Outcome {
         message: String,
         retry_at_ms: i64,
     },
+}
+
+/// An outcome `JobStore::record_outcome` recorded: the job as `finish` returns it, once
+/// the store has it (`Fenced` and the like arrive here too).
+pub struct Recorded(Pin<Box<dyn Future<Output = Result<Job, StoreError>> + Send>>);
+
+impl Recorded {
+    pub async fn finished(self) -> Result<Job, StoreError> {
+        self.0.await
+    }
 }
 
 /// The job store: the same contract for SQLite (standalone) and PostgreSQL (cluster).
@@ -206,6 +219,19 @@ pub trait JobStore: Send + Sync {
         claimer: &Claimer,
         outcome: Outcome,
     ) -> Result<Job, StoreError>;
+    /// `finish`, returning as soon as the outcome survives the process being killed (a
+    /// printer's next job may start then: a kill resends at most the job in transmission),
+    /// with the job as recorded to come. A backend that records outcomes no faster than it
+    /// commits them keeps this default, which waits for `finish`.
+    async fn record_outcome(
+        &self,
+        id: JobId,
+        claimer: &Claimer,
+        outcome: Outcome,
+    ) -> Result<Recorded, StoreError> {
+        let job = self.finish(id, claimer, outcome).await?;
+        Ok(Recorded(Box::pin(std::future::ready(Ok(job)))))
+    }
     /// After a crash or takeover: jobs left `processing` by claimers other than `current`
     /// (or by an older epoch of it) go back to pending; returns their ids. They may be sent
     /// again: the only case in which a job can print twice.
