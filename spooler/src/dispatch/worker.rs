@@ -19,7 +19,7 @@ use crate::app::App;
 use crate::backend::{self, Backend, BackendError, Delivery, OutgoingDocument, OutgoingJob};
 use crate::config::Config;
 use crate::job::{Claimer, Job, JobId, JobState};
-use crate::store::{Claim, Outcome, StoreError};
+use crate::store::{Claim, Outcome, Recorded, StoreError};
 
 /// The wait before a failed job is tried again: `base` doubled per earlier attempt, at
 /// most `max`. `attempts` counts the attempt that just failed.
@@ -379,7 +379,9 @@ impl PrinterWorker {
 
     /// Records the completion of `job`, with its settlement when it was admitted with
     /// `estimate`, and counts its usage and cost once the settlement is recorded (with the
-    /// completion, so whoever completes the job counts it, once).
+    /// completion, so whoever completes the job counts it, once). Returns once the
+    /// completion is recorded; the store's answer is counted when it comes, while the
+    /// printer gets its next job.
     async fn complete(&self, job: &Job, estimate: Option<&LedgerEntry>, delivery: Delivery) {
         let Delivery {
             impressions,
@@ -394,13 +396,27 @@ impl PrinterWorker {
             sheets,
             settlement: settlement.clone(),
         };
-        let completed = self
-            .finish(job, outcome)
-            .await
-            .is_some_and(|finished| finished.state == JobState::Completed);
-        if completed && let (Some(estimate), Some(settlement)) = (estimate, &settlement) {
-            accounting::settle::count(&self.app, estimate, settlement).await;
-        }
+        let Some(recorded) = self.record(job, outcome).await else {
+            return;
+        };
+        let app = self.app.clone();
+        let printer = self.name.clone();
+        let job = job.clone();
+        let estimate = estimate.cloned();
+        tokio::spawn(
+            async move {
+                let Some(finished) = answered(recorded.finished().await) else {
+                    return;
+                };
+                count_finished(&app, &printer, &job, &finished, false);
+                if finished.state == JobState::Completed
+                    && let (Some(estimate), Some(settlement)) = (estimate, settlement)
+                {
+                    accounting::settle::count(&app, &estimate, &settlement).await;
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// Runs the transmission, dropping it if the job is canceled meanwhile; `None` when
@@ -509,63 +525,78 @@ impl PrinterWorker {
     }
 
     /// Records the outcome and counts it; the job as recorded, or `None` when the outcome
-    /// was not ours to record (the claim was lost) or could not be recorded. While the
-    /// store is unavailable (PostgreSQL restarting) it tries again, waiting longer each
-    /// time, until the worker is stopped.
+    /// was not ours to record (the claim was lost) or could not be recorded.
     async fn finish(&self, job: &Job, outcome: Outcome) -> Option<Job> {
         let is_retry = matches!(outcome, Outcome::Retry { .. });
+        let recorded = self.record(job, outcome).await?;
+        let finished = answered(recorded.finished().await)?;
+        count_finished(&self.app, &self.name, job, &finished, is_retry);
+        Some(finished)
+    }
+
+    /// Records the outcome (`JobStore::record_outcome`); `None` when it could not be. While
+    /// the store is unavailable (PostgreSQL restarting) it tries again, waiting longer each
+    /// time, until the worker is stopped.
+    async fn record(&self, job: &Job, outcome: Outcome) -> Option<Recorded> {
         let mut wait = Duration::from_millis(250);
-        let finished = loop {
+        loop {
             match self
                 .app
                 .store
-                .finish(job.id, &self.claimer, outcome.clone())
+                .record_outcome(job.id, &self.claimer, outcome.clone())
                 .await
             {
-                Ok(finished) => break finished,
-                Err(StoreError::Fenced(_)) => {
-                    tracing::warn!("claim lost to another dispatcher; leaving the job to it");
-                    return None;
-                }
                 Err(StoreError::Unavailable(error)) if !self.is_stopped() => {
                     tracing::warn!(%error, retry_in = ?wait, "store unavailable while recording the outcome");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
-                Err(error) => {
-                    // The job stays processing under our claim; recovery at the next
-                    // start or takeover puts it back.
-                    tracing::error!(%error, "recording the job's outcome");
-                    return None;
-                }
+                recorded => return answered(recorded),
             }
-        };
-        let metrics = &self.app.metrics;
-        if is_retry {
-            metrics
-                .dispatch_retries
-                .with_label_values(&[self.name.as_str()])
-                .inc();
-            return Some(finished);
         }
-        let outcome = match finished.state {
-            JobState::Completed => "completed",
-            JobState::Aborted => "aborted",
-            // Canceled meanwhile: counted by whoever canceled it.
-            _ => return Some(finished),
-        };
+    }
+}
+
+/// The store's answer to an outcome, with what went wrong logged.
+fn answered<T>(answer: Result<T, StoreError>) -> Option<T> {
+    match answer {
+        Ok(value) => Some(value),
+        Err(StoreError::Fenced(_)) => {
+            tracing::warn!("claim lost to another dispatcher; leaving the job to it");
+            None
+        }
+        Err(error) => {
+            // The job stays processing under our claim until the next start or takeover,
+            // which puts it back (or, standalone, records the outcome left in its log).
+            tracing::error!(%error, "recording the job's outcome");
+            None
+        }
+    }
+}
+
+/// Counts how `job`'s attempt on `printer` ended, as the store recorded it (`finished`).
+fn count_finished(app: &App, printer: &str, job: &Job, finished: &Job, is_retry: bool) {
+    let metrics = &app.metrics;
+    if is_retry {
+        metrics.dispatch_retries.with_label_values(&[printer]).inc();
+        return;
+    }
+    let outcome = match finished.state {
+        JobState::Completed => "completed",
+        JobState::Aborted => "aborted",
+        // Canceled meanwhile: counted by whoever canceled it.
+        _ => return,
+    };
+    metrics
+        .jobs_finished
+        .with_label_values(&[job.queue.as_str(), outcome])
+        .inc();
+    if finished.state == JobState::Completed {
+        let end = finished.completed_at.unwrap_or(now_millis() / 1000);
         metrics
-            .jobs_finished
-            .with_label_values(&[job.queue.as_str(), outcome])
-            .inc();
-        if finished.state == JobState::Completed {
-            let end = finished.completed_at.unwrap_or(now_millis() / 1000);
-            metrics
-                .completion_seconds
-                .with_label_values(&[job.queue.as_str()])
-                .observe(end.saturating_sub(job.created_at).max(0) as f64);
-        }
-        Some(finished)
+            .completion_seconds
+            .with_label_values(&[job.queue.as_str()])
+            .observe(end.saturating_sub(job.created_at).max(0) as f64);
     }
 }
 
