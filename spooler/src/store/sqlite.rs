@@ -9,7 +9,9 @@
 //! bookkeeping, which needs no fsync, never waits for one. A third thread copies the log
 //! into the database (checkpoints); when the log grows long anyway, the writer finishes a
 //! checkpoint itself between two commits so the log starts over. Reads run on a small pool
-//! of read-only connections, which WAL lets proceed while the writer commits.
+//! of read-only connections, which WAL lets proceed while the writer commits. A printer's
+//! outcome is appended to a file of its own before the writer commits it, so the printer's
+//! next job need not wait for the writer (see `outcome_log`).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -662,8 +664,9 @@ impl Writer {
                     false
                 }
             };
-            // Failed outcomes too: the job stays processing, as after any failed outcome,
-            // and the next start sends it again.
+            // Failed ones too, so the log can still be emptied: such a job stays
+            // processing, as after any failed outcome, and the next start records the
+            // outcome if its line is still there, or sends the job again.
             self.outcomes.settled(recorded as u64);
             if committed && self.wal_frames.load(Ordering::Relaxed) >= RESTART_LOG_FRAMES {
                 self.restart_log(&conn);
@@ -1335,7 +1338,9 @@ fn finish(
 }
 
 /// Applies the outcomes the outcome log kept from before the last stop, in one
-/// transaction; those already recorded, or whose claim was lost, change nothing.
+/// transaction; those already recorded, or whose claim was lost, change nothing. One that
+/// fails (as it did when it was first committed, if it was) is left out, and its job is
+/// sent again, rather than keeping the spooler from starting.
 fn apply_recorded_outcomes(
     conn: &mut Connection,
     recorded: Vec<OutcomeRecord>,
@@ -1343,7 +1348,7 @@ fn apply_recorded_outcomes(
     if recorded.is_empty() {
         return Ok(());
     }
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut applied = 0;
     for OutcomeRecord {
         job,
@@ -1351,10 +1356,17 @@ fn apply_recorded_outcomes(
         outcome,
     } in recorded
     {
-        match finish(&tx, job, &claimer, outcome) {
-            Ok(_) => applied += 1,
+        // Dropped without a commit, it undoes this outcome alone.
+        let outcome_alone = tx.savepoint()?;
+        match finish(&outcome_alone, job, &claimer, outcome) {
+            Ok(_) => {
+                outcome_alone.commit()?;
+                applied += 1;
+            }
             Err(StoreError::Fenced(_) | StoreError::NotFound(_)) => {}
-            Err(error) => return Err(error),
+            Err(error) => {
+                tracing::warn!(job, %error, "an outcome left in the outcome log cannot be recorded; the job will be sent again");
+            }
         }
     }
     tx.commit()?;
@@ -1660,13 +1672,8 @@ impl JobStore for SqliteJobStore {
         self.outcomes.append(&record).map_err(|error| {
             StoreError::Unavailable(format!("cannot append to the outcome log: {error}"))
         })?;
-        let OutcomeRecord {
-            job,
-            claimer,
-            outcome,
-        } = record;
         let answer = self.send(Durability::Recorded, move |conn| {
-            finish(conn, job, &claimer, outcome)
+            finish(conn, record.job, &record.claimer, record.outcome)
         })?;
         Ok(Recorded(Box::pin(async move {
             answer.await.map_err(|_| writer_stopped())?
@@ -1828,6 +1835,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
+    use crate::accounting::ledger::EntryKind;
     use crate::job::{DocumentBody, JobTicket};
     use crate::store::contract::{Backend, job_store_contract};
     use crate::store::documents::tests::files_in;
@@ -2321,7 +2329,8 @@ mod tests {
     }
 
     /// A kill between an outcome's append to the outcome log and its commit: the next
-    /// open records it, through the same fence as a live outcome.
+    /// open records it, through the same fence as a live outcome; one that cannot be
+    /// recorded is left out, and its job is sent again.
     #[tokio::test]
     async fn outcomes_left_in_the_outcome_log_are_recorded_at_the_next_open() {
         let backend = SqliteBackend::new();
@@ -2338,7 +2347,7 @@ mod tests {
         };
         let store = backend.open().await;
         let mut ids = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             let id = store.create_job(new_job("alice")).await.expect("create").id;
             let claim = store
                 .claim_next(&["office".to_string()], "p1", &me)
@@ -2347,8 +2356,8 @@ mod tests {
             assert_eq!(claim.map(|claim| claim.job.id), Some(id));
             ids.push(id);
         }
-        let [recorded_before, only_logged, canceled] = ids[..] else {
-            unreachable!("three jobs")
+        let [recorded_before, only_logged, canceled, refused] = ids[..] else {
+            unreachable!("four jobs")
         };
         let before = store
             .finish(recorded_before, &me, completion(1))
@@ -2363,10 +2372,36 @@ mod tests {
         let path = outcome_log::path_of(&backend.path());
         let (log, _) = OutcomeLog::open(&path).expect("outcome log");
         for job in ids {
+            let outcome = if job == refused {
+                // Another job's settlement: `finish` refuses it.
+                Outcome::Completed {
+                    printer: "p1".into(),
+                    impressions: Some(7),
+                    sheets: None,
+                    settlement: Some(LedgerEntry {
+                        job: only_logged,
+                        kind: EntryKind::Settlement,
+                        at_ms: 0,
+                        queue: "office".into(),
+                        printer: Some("p1".into()),
+                        user: "alice".into(),
+                        groups: Vec::new(),
+                        account: None,
+                        impressions: 7,
+                        sheets: 7,
+                        color: false,
+                        amount: 0,
+                        currency: "EUR".into(),
+                        flagged: false,
+                    }),
+                }
+            } else {
+                completion(7)
+            };
             let record = OutcomeRecord {
                 job,
                 claimer: me.clone(),
-                outcome: completion(7),
+                outcome,
             };
             log.append(&record).expect("append");
         }
@@ -2386,11 +2421,12 @@ mod tests {
             "recorded once, not again"
         );
         assert_eq!(job(canceled).await, canceled_job, "canceled stays canceled");
+        assert_eq!(job(refused).await.state, JobState::Processing);
         assert_eq!(std::fs::metadata(&path).expect("outcome log").len(), 0);
         let next_start = Claimer { epoch: 2, ..me };
         assert_eq!(
             store.recover(&next_start).await.expect("recover"),
-            Vec::<JobId>::new()
+            vec![refused]
         );
     }
 
