@@ -170,12 +170,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_newest_record_of_each_job_is_read_back_at_the_next_open() {
+    /// A new, empty log in a directory of its own (kept alive by the first value).
+    fn new_log() -> (tempfile::TempDir, PathBuf, OutcomeLog) {
         let dir = tempfile::tempdir().unwrap();
         let path = path_of(&dir.path().join("jobs.db"));
-        let (log, none) = OutcomeLog::open(&path).unwrap();
-        assert!(none.is_empty());
+        let (log, records) = OutcomeLog::open(&path).unwrap();
+        assert!(records.is_empty());
+        (dir, path, log)
+    }
+
+    /// What the next start would read from the log at `path`.
+    fn read_back(path: &Path) -> Vec<OutcomeRecord> {
+        OutcomeLog::open(path).unwrap().1
+    }
+
+    #[test]
+    fn the_newest_record_of_each_job_is_read_back_at_the_next_open() {
+        let (_dir, path, log) = new_log();
         let retry = OutcomeRecord {
             outcome: Outcome::Retry {
                 printer: "p1".into(),
@@ -188,15 +199,12 @@ mod tests {
             log.append(record).unwrap();
         }
         drop(log);
-        let (_, records) = OutcomeLog::open(&path).unwrap();
-        assert_eq!(records, vec![completed(5, 1), completed(7, 2)]);
+        assert_eq!(read_back(&path), vec![completed(5, 1), completed(7, 2)]);
     }
 
     #[test]
     fn a_line_cut_short_is_skipped_and_the_next_append_starts_clean() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = path_of(&dir.path().join("jobs.db"));
-        let (log, _) = OutcomeLog::open(&path).unwrap();
+        let (_dir, path, log) = new_log();
         log.append(&completed(1, 1)).unwrap();
         drop(log);
         let mut text = std::fs::read(&path).unwrap();
@@ -209,15 +217,12 @@ mod tests {
         assert_eq!(records, vec![completed(1, 1)]);
         log.append(&completed(3, 1)).unwrap();
         drop(log);
-        let (_, records) = OutcomeLog::open(&path).unwrap();
-        assert_eq!(records, vec![completed(1, 1), completed(3, 1)]);
+        assert_eq!(read_back(&path), vec![completed(1, 1), completed(3, 1)]);
     }
 
     #[test]
     fn the_log_is_emptied_once_long_and_every_outcome_is_settled() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = path_of(&dir.path().join("jobs.db"));
-        let (log, _) = OutcomeLog::open(&path).unwrap();
+        let (_dir, path, log) = new_log();
         let length = || std::fs::metadata(&path).unwrap().len();
         let mut job = 0;
         while length() < EMPTY_AT_BYTES {
@@ -231,19 +236,15 @@ mod tests {
         assert_eq!(length(), 0);
         log.append(&completed(job + 1, 1)).unwrap();
         drop(log);
-        let (_, records) = OutcomeLog::open(&path).unwrap();
-        assert_eq!(records, vec![completed(job + 1, 1)]);
+        assert_eq!(read_back(&path), vec![completed(job + 1, 1)]);
     }
 
     #[test]
     fn clear_empties_the_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = path_of(&dir.path().join("jobs.db"));
-        let (log, _) = OutcomeLog::open(&path).unwrap();
+        let (_dir, path, log) = new_log();
         log.append(&completed(1, 1)).unwrap();
         log.clear().unwrap();
         drop(log);
-        let (_, records) = OutcomeLog::open(&path).unwrap();
-        assert!(records.is_empty());
+        assert!(read_back(&path).is_empty());
     }
 }
