@@ -175,6 +175,11 @@ pub enum Outcome {
 pub struct Recorded(Pin<Box<dyn Future<Output = Result<Job, StoreError>> + Send>>);
 
 impl Recorded {
+    /// An outcome the store has already answered for.
+    pub fn answered(job: Job) -> Recorded {
+        Recorded(Box::pin(std::future::ready(Ok(job))))
+    }
+
     pub async fn finished(self) -> Result<Job, StoreError> {
         self.0.await
     }
@@ -229,8 +234,7 @@ pub trait JobStore: Send + Sync {
         claimer: &Claimer,
         outcome: Outcome,
     ) -> Result<Recorded, StoreError> {
-        let job = self.finish(id, claimer, outcome).await?;
-        Ok(Recorded(Box::pin(std::future::ready(Ok(job)))))
+        Ok(Recorded::answered(self.finish(id, claimer, outcome).await?))
     }
     /// After a crash or takeover: jobs left `processing` by claimers other than `current`
     /// (or by an older epoch of it) go back to pending; returns their ids. They may be sent

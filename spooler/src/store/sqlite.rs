@@ -1661,6 +1661,12 @@ impl JobStore for SqliteJobStore {
         claimer: &Claimer,
         outcome: Outcome,
     ) -> Result<Recorded, StoreError> {
+        if !matches!(outcome, Outcome::Completed { .. }) {
+            // Only a completion is final. A line for a retry could be applied at the next
+            // start over a later claim of the same job; these outcomes are rare, and
+            // dispatch waits for them anyway.
+            return Ok(Recorded::answered(self.finish(id, claimer, outcome).await?));
+        }
         self.not_failed()?;
         let record = OutcomeRecord {
             job: id,
@@ -2427,6 +2433,57 @@ mod tests {
         assert_eq!(
             store.recover(&next_start).await.expect("recover"),
             vec![refused]
+        );
+    }
+
+    /// A retry's line could undo a later attempt of the same job at the next start.
+    #[tokio::test]
+    async fn only_completions_go_to_the_outcome_log() {
+        let backend = SqliteBackend::new();
+        let me = Claimer {
+            id: "spooler".into(),
+            epoch: 1,
+            shard: None,
+        };
+        let store = backend.open().await;
+        let id = store.create_job(new_job("alice")).await.expect("create").id;
+        let log_length = || {
+            std::fs::metadata(outcome_log::path_of(&backend.path()))
+                .expect("outcome log")
+                .len()
+        };
+        let queues = ["office".to_string()];
+        let claim = || store.claim_next(&queues, "p1", &me);
+        assert!(claim().await.expect("claim").is_some());
+        let retry = Outcome::Retry {
+            printer: "p1".into(),
+            message: "hung up".into(),
+            retry_at_ms: 0,
+        };
+        let recorded = store.record_outcome(id, &me, retry).await.expect("retry");
+        assert_eq!(
+            recorded.finished().await.expect("answer").state,
+            JobState::Pending
+        );
+        assert_eq!(log_length(), 0);
+        assert!(claim().await.expect("claim again").is_some());
+        let completion = Outcome::Completed {
+            printer: "p1".into(),
+            impressions: None,
+            sheets: None,
+            settlement: None,
+        };
+        let recorded = store
+            .record_outcome(id, &me, completion)
+            .await
+            .expect("complete");
+        assert!(
+            log_length() > 0,
+            "the completion is in the log before its commit"
+        );
+        assert_eq!(
+            recorded.finished().await.expect("answer").state,
+            JobState::Completed
         );
     }
 

@@ -1,5 +1,5 @@
-//! Outcomes of delivered jobs, appended to a file beside the database before the writer
-//! thread commits them.
+//! Completions of delivered jobs, appended to a file beside the database before the
+//! writer thread commits them.
 //!
 //! A printer's next job may start only once the previous one's outcome survives the
 //! process being killed: otherwise a kill would have both sent again. A commit by the
@@ -10,7 +10,8 @@
 //! job whose outcome is lost is sent again, as before). The writer then commits the
 //! outcome with the next batch, and at the next start every line is applied again, the
 //! newest per job, through the same fence as a live outcome: one already recorded, or
-//! whose claim was lost, changes nothing.
+//! whose claim was lost, changes nothing. Only completions come here: a completed job is
+//! never claimed again, so an old line cannot undo a later attempt.
 //!
 //! The file is emptied once every line appended has been committed and it has grown past
 //! [`EMPTY_AT_BYTES`]; it is read whole at the next start, so emptying keeps that short.
