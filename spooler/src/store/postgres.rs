@@ -27,7 +27,7 @@ use tokio_postgres::{NoTls, Row};
 use self::submissions::{Submission, Submissions, insert_jobs};
 use super::rules::{
     Fence, PRINTING_REASONS, REASON_INCOMING, action_name, fence, finished, initial_state, now,
-    state_range, user_transition,
+    state_range, to_json, user_transition,
 };
 use super::{
     Claim, JobQuery, JobStore, Outcome, QueueDepth, REASON_ACCOUNT_LIMIT, StoreError, UserAction,
@@ -1122,10 +1122,6 @@ fn json_column<T: serde::de::DeserializeOwned>(row: &Row, column: usize) -> Resu
     let text: &str = row.try_get(column)?;
     serde_json::from_str(text)
         .map_err(|e| StoreError::Internal(format!("bad JSON in column {column}: {e}")))
-}
-
-fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Internal(format!("encoding: {e}")))
 }
 
 impl From<tokio_postgres::Error> for StoreError {

@@ -22,6 +22,11 @@ pub(crate) const REASON_ABORTED: &str = "aborted-by-system";
 pub(crate) static PRINTING_REASONS: LazyLock<String> =
     LazyLock::new(|| serde_json::json!([REASON_PRINTING]).to_string());
 
+/// `value` as the JSON text both stores keep lists and tickets in.
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(format!("encoding: {e}")))
+}
+
 /// Now, as unix seconds and unix milliseconds.
 pub(crate) fn now() -> (i64, i64) {
     let millis = SystemTime::now()

@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use super::rules::{
     Fence, PRINTING_REASONS, REASON_INCOMING, action_name, fence, finished, initial_state, now,
-    state_range, user_transition, without,
+    state_range, to_json, user_transition, without,
 };
 use super::{
     Claim, JobQuery, JobStore, Outcome, QueueDepth, REASON_ACCOUNT_LIMIT, Recorded, StoreError,
@@ -908,10 +908,6 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     configure_statements(&conn)?;
     Ok(conn)
-}
-
-fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::Internal(format!("encoding: {e}")))
 }
 
 fn conversion_error(
