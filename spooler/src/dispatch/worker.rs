@@ -547,7 +547,11 @@ impl PrinterWorker {
                 .await
             {
                 Err(StoreError::Unavailable(error)) if !self.is_stopped() => {
-                    tracing::warn!(%error, retry_in = ?wait, "store unavailable while recording the outcome");
+                    tracing::warn!(
+                        %error,
+                        retry_in = ?wait,
+                        "store unavailable while recording the outcome"
+                    );
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }

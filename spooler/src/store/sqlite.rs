@@ -1361,7 +1361,11 @@ fn apply_recorded_outcomes(
             }
             Err(StoreError::Fenced(_) | StoreError::NotFound(_)) => {}
             Err(error) => {
-                tracing::warn!(job, %error, "an outcome left in the outcome log cannot be recorded; the job will be sent again");
+                tracing::warn!(
+                    job,
+                    %error,
+                    "an outcome left in the outcome log cannot be recorded; the job will be sent again"
+                );
             }
         }
     }

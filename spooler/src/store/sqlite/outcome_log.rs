@@ -81,7 +81,11 @@ impl OutcomeLog {
                     newest.insert(record.job, record);
                 }
                 Err(error) => {
-                    tracing::warn!(file = %path.display(), %error, "skipping a damaged outcome record");
+                    tracing::warn!(
+                        file = %path.display(),
+                        %error,
+                        "skipping a damaged outcome record"
+                    );
                 }
             }
         }
