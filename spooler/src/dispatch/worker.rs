@@ -1,7 +1,8 @@
 //! One printer's worker: probe the printer, claim its queues' jobs, send them one at a
 //! time, and record how each attempt ended. Each job costs two trips to the store: its
 //! claim (with its inline documents and its estimate), made while the previous job is
-//! sent, and its outcome (with its settlement).
+//! sent, and its outcome (with its settlement). The next job goes out once the outcome is
+//! recorded, which the standalone store does before it commits it (`record_outcome`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
