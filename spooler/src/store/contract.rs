@@ -105,7 +105,7 @@ fn stored_document(key: &str) -> NewDocument {
     }
 }
 
-fn claimer(id: &str, epoch: i64) -> Claimer {
+pub(crate) fn claimer(id: &str, epoch: i64) -> Claimer {
     Claimer {
         id: id.to_string(),
         epoch,

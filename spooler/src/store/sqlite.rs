@@ -1843,7 +1843,7 @@ mod tests {
     use super::*;
     use crate::accounting::ledger::EntryKind;
     use crate::job::{DocumentBody, JobTicket};
-    use crate::store::contract::{Backend, job_store_contract};
+    use crate::store::contract::{Backend, claimer, job_store_contract};
     use crate::store::documents::tests::files_in;
     use rusqlite::StatementStatus;
 
@@ -2072,11 +2072,7 @@ mod tests {
         let backend = SqliteBackend::new();
         let store = SqliteJobStore::open(&backend.path()).expect("open");
         let job = store.create_job(new_job("alice")).await.expect("create");
-        let claimer = Claimer {
-            id: "test".into(),
-            epoch: 1,
-            shard: None,
-        };
+        let claimer = claimer("test", 1);
         let queues = vec![job.queue.clone()];
         let (claimed, created) = tokio::join!(
             store.claim_next(&queues, "printer", &claimer),
@@ -2320,11 +2316,7 @@ mod tests {
             "jobs listed after a failed fsync"
         );
         // Nor does dispatch go on: a refused submission's row must not print.
-        let me = Claimer {
-            id: "spooler-0".into(),
-            epoch: 1,
-            shard: None,
-        };
+        let me = claimer("spooler-0", 1);
         assert!(
             matches!(
                 store.claim_next(&["office".to_string()], "p1", &me).await,
@@ -2340,11 +2332,7 @@ mod tests {
     #[tokio::test]
     async fn outcomes_left_in_the_outcome_log_are_recorded_at_the_next_open() {
         let backend = SqliteBackend::new();
-        let me = Claimer {
-            id: "spooler".into(),
-            epoch: 1,
-            shard: None,
-        };
+        let me = claimer("spooler", 1);
         let completion = |impressions| Outcome::Completed {
             printer: "p1".into(),
             impressions: Some(impressions),
@@ -2440,11 +2428,7 @@ mod tests {
     #[tokio::test]
     async fn only_completions_go_to_the_outcome_log() {
         let backend = SqliteBackend::new();
-        let me = Claimer {
-            id: "spooler".into(),
-            epoch: 1,
-            shard: None,
-        };
+        let me = claimer("spooler", 1);
         let store = backend.open().await;
         let id = store.create_job(new_job("alice")).await.expect("create").id;
         let log_length = || {
