@@ -402,14 +402,13 @@ impl PrinterWorker {
         };
         let app = self.app.clone();
         let printer = self.name.clone();
-        let job = job.clone();
         let estimate = estimate.cloned();
         tokio::spawn(
             async move {
                 let Some(finished) = answered(recorded.finished().await) else {
                     return;
                 };
-                count_finished(&app, &printer, &job, &finished, false);
+                count_finished(&app, &printer, &finished, false);
                 if finished.state == JobState::Completed
                     && let (Some(estimate), Some(settlement)) = (estimate, settlement)
                 {
@@ -531,7 +530,7 @@ impl PrinterWorker {
         let is_retry = matches!(outcome, Outcome::Retry { .. });
         let recorded = self.record(job, outcome).await?;
         let finished = answered(recorded.finished().await)?;
-        count_finished(&self.app, &self.name, job, &finished, is_retry);
+        count_finished(&self.app, &self.name, &finished, is_retry);
         Some(finished)
     }
 
@@ -579,8 +578,8 @@ fn answered<T>(answer: Result<T, StoreError>) -> Option<T> {
     }
 }
 
-/// Counts how `job`'s attempt on `printer` ended, as the store recorded it (`finished`).
-fn count_finished(app: &App, printer: &str, job: &Job, finished: &Job, is_retry: bool) {
+/// Counts how an attempt on `printer` ended, from the job as the store recorded it.
+fn count_finished(app: &App, printer: &str, finished: &Job, is_retry: bool) {
     let metrics = &app.metrics;
     if is_retry {
         metrics.dispatch_retries.with_label_values(&[printer]).inc();
@@ -594,14 +593,14 @@ fn count_finished(app: &App, printer: &str, job: &Job, finished: &Job, is_retry:
     };
     metrics
         .jobs_finished
-        .with_label_values(&[job.queue.as_str(), outcome])
+        .with_label_values(&[finished.queue.as_str(), outcome])
         .inc();
     if finished.state == JobState::Completed {
         let end = finished.completed_at.unwrap_or(now_millis() / 1000);
         metrics
             .completion_seconds
-            .with_label_values(&[job.queue.as_str()])
-            .observe(end.saturating_sub(job.created_at).max(0) as f64);
+            .with_label_values(&[finished.queue.as_str()])
+            .observe(end.saturating_sub(finished.created_at).max(0) as f64);
     }
 }
 
