@@ -157,12 +157,15 @@ impl DocumentLog {
         bytes: &[u8],
         may_start_segment: bool,
     ) -> std::io::Result<Option<Appended>> {
-        let mut record = Vec::with_capacity(HEADER_BYTES + bytes.len());
-        record.extend_from_slice(&header(bytes));
-        record.extend_from_slice(bytes);
-        let Some((file, appended)) = self.reserve(record.len() as u64, may_start_segment)? else {
+        let length = HEADER_BYTES + bytes.len();
+        let Some((file, appended)) = self.reserve(length as u64, may_start_segment)? else {
             return Ok(None);
         };
+        // Built once its place is known: a record that needs a new segment is not copied
+        // twice (here, then again on the blocking thread).
+        let mut record = Vec::with_capacity(length);
+        record.extend_from_slice(&header(bytes));
+        record.extend_from_slice(bytes);
         // Its segment is pinned already, so a failed write leaves a hole nobody points to.
         file.write_all_at(&record, appended.location.offset as u64)?;
         // Only now may the syncer see the segment as written: an fsync taken earlier would
