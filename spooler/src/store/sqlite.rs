@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, select};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use rusqlite::{params, types::Type};
@@ -162,7 +163,7 @@ macro_rules! requeue_where {
 /// A job store in one SQLite file (WAL; a durable write is answered once the log is fsynced).
 pub struct SqliteJobStore {
     /// `None` only while dropping, so the writer thread sees the channel close.
-    writer: Option<mpsc::Sender<Box<dyn WriteRequest>>>,
+    writer: Option<Sender<Box<dyn WriteRequest>>>,
     writer_thread: Option<JoinHandle<()>>,
     /// Ends after the writer (which holds its channel) has ended.
     syncer_thread: Option<JoinHandle<()>>,
@@ -199,8 +200,9 @@ impl SqliteJobStore {
         let writer_outcomes = outcomes.clone();
         // From here on commits only write the log; the syncer thread fsyncs it.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let (writer, requests) = mpsc::channel();
+        let (writer, requests) = crossbeam_channel::unbounded();
         let (syncer, committed) = mpsc::channel();
+        let (report_synced, synced) = crossbeam_channel::unbounded();
         let commits = Arc::new(AtomicU64::new(0));
         let writer_commits = commits.clone();
         let wal_frames = Arc::new(AtomicI64::new(0));
@@ -210,7 +212,7 @@ impl SqliteJobStore {
         let syncer_failure = sync_failure.clone();
         let syncer_thread = std::thread::Builder::new()
             .name("sqlite-syncer".into())
-            .spawn(move || run_syncer(&log, committed, &syncer_failure))
+            .spawn(move || run_syncer(&log, committed, &report_synced, &syncer_failure))
             .map_err(|e| StoreError::Internal(format!("cannot start the syncer thread: {e}")))?;
         let writer_thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -222,7 +224,7 @@ impl SqliteJobStore {
                     outcomes: writer_outcomes,
                     wal_frames,
                 };
-                writer.run(conn, requests);
+                writer.run(conn, Inbox::new(requests, synced));
             })
             .map_err(|e| StoreError::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteJobStore {
@@ -604,12 +606,6 @@ impl Waiting {
         }
     }
 
-    fn receive_more(&mut self, requests: &mpsc::Receiver<Box<dyn WriteRequest>>) {
-        for request in requests.try_iter() {
-            self.push(request);
-        }
-    }
-
     fn next(&mut self) -> Option<Box<dyn WriteRequest>> {
         self.relaxed
             .pop_front()
@@ -618,6 +614,65 @@ impl Waiting {
 
     fn is_empty(&self) -> bool {
         self.relaxed.is_empty() && self.durable.is_empty()
+    }
+}
+
+/// What the writer thread receives: the callers' requests, and the syncer's word that the
+/// groups of submissions handed to it are on disk.
+struct Inbox {
+    requests: Receiver<Box<dyn WriteRequest>>,
+    /// How many groups each fsync covered.
+    synced: Receiver<usize>,
+    waiting: Waiting,
+    /// Groups of committed submissions handed to the syncer and not yet synced.
+    unsynced: usize,
+}
+
+impl Inbox {
+    fn new(requests: Receiver<Box<dyn WriteRequest>>, synced: Receiver<usize>) -> Self {
+        Inbox {
+            requests,
+            synced,
+            waiting: Waiting::default(),
+            unsynced: 0,
+        }
+    }
+
+    /// Takes in what has arrived, without waiting.
+    fn receive_more(&mut self) {
+        for request in self.requests.try_iter() {
+            self.waiting.push(request);
+        }
+        let synced: usize = self.synced.try_iter().sum();
+        self.unsynced = self.unsynced.saturating_sub(synced);
+    }
+
+    /// Whether the syncer is still busy with submissions committed earlier. Those
+    /// applied now would wait for it anyway before their own fsync: kept in the open
+    /// transaction until it is done, they take one commit, not one per lull between
+    /// arrivals, and so fewer pages of the log per job.
+    fn syncer_busy(&self) -> bool {
+        self.unsynced > 0
+    }
+
+    /// Waits for the next request or for the syncer's word, whichever comes first; false
+    /// once no request can come (the store is dropped).
+    fn wait_for_more(&mut self) -> bool {
+        select! {
+            recv(self.requests) -> request => match request {
+                Ok(request) => {
+                    self.waiting.push(request);
+                    true
+                }
+                Err(_) => false,
+            },
+            recv(self.synced) -> synced => {
+                // A syncer that has stopped answers nothing more: waiting for it is over.
+                let synced = synced.unwrap_or(usize::MAX);
+                self.unsynced = self.unsynced.saturating_sub(synced);
+                true
+            }
+        }
     }
 }
 
@@ -632,19 +687,18 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&self, mut conn: Connection, requests: mpsc::Receiver<Box<dyn WriteRequest>>) {
-        let mut waiting = Waiting::default();
+    fn run(&self, mut conn: Connection, mut inbox: Inbox) {
         let mut watch = Duration::ZERO;
         loop {
-            if waiting.is_empty() {
-                match next_request(&requests, watch) {
-                    Ok(request) => waiting.push(request),
+            if inbox.waiting.is_empty() {
+                match next_request(&inbox.requests, watch) {
+                    Ok(request) => inbox.waiting.push(request),
                     // Every sender is gone and nothing waits: the store was dropped.
-                    Err(mpsc::RecvError) => return,
+                    Err(crossbeam_channel::RecvError) => return,
                 }
             }
             let mut batch = Vec::new();
-            let applied = apply_batch(&mut conn, &mut waiting, &requests, &mut batch);
+            let applied = apply_batch(&mut conn, &mut inbox, &mut batch);
             watch = watch_after(&batch);
             let recorded = batch
                 .iter()
@@ -653,7 +707,9 @@ impl Writer {
             let committed = match applied {
                 Ok(()) => {
                     self.commits.fetch_add(1, Ordering::Relaxed);
-                    self.hand_over(batch);
+                    if self.hand_over(batch) {
+                        inbox.unsynced += 1;
+                    }
                     true
                 }
                 Err(error) => {
@@ -675,8 +731,9 @@ impl Writer {
     }
 
     /// Answers the requests of a committed batch that needed no fsync; passes the others,
-    /// with the document log segments written for them, to the syncer.
-    fn hand_over(&self, batch: Vec<Box<dyn WriteRequest>>) {
+    /// with the document log segments written for them, to the syncer. True when the
+    /// syncer took a group.
+    fn hand_over(&self, batch: Vec<Box<dyn WriteRequest>>) -> bool {
         let (durable, relaxed): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|request| request.durability() == Durability::Fsync);
@@ -684,7 +741,7 @@ impl Writer {
             request.answer(Ok(()));
         }
         if durable.is_empty() {
-            return;
+            return false;
         }
         let committed = Committed {
             requests: durable,
@@ -696,7 +753,9 @@ impl Writer {
                     "the SQLite syncer thread has stopped".into(),
                 )));
             }
+            return false;
         }
+        true
     }
 
     /// SQLite writes the log from its start again only once a checkpoint has copied all of
@@ -735,15 +794,17 @@ fn watch_after(batch: &[Box<dyn WriteRequest>]) -> Duration {
 
 /// The next request: looked for without sleeping for up to `watch`, then waited for.
 fn next_request(
-    requests: &mpsc::Receiver<Box<dyn WriteRequest>>,
+    requests: &Receiver<Box<dyn WriteRequest>>,
     watch: Duration,
-) -> Result<Box<dyn WriteRequest>, mpsc::RecvError> {
+) -> Result<Box<dyn WriteRequest>, crossbeam_channel::RecvError> {
     let until = Instant::now() + watch;
     while Instant::now() < until {
         match requests.try_recv() {
             Ok(request) => return Ok(request),
-            Err(mpsc::TryRecvError::Disconnected) => return Err(mpsc::RecvError),
-            Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                return Err(crossbeam_channel::RecvError);
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => std::hint::spin_loop(),
         }
     }
     requests.recv()
@@ -763,60 +824,76 @@ fn log_path(database: &Path) -> PathBuf {
 /// stops at the first damaged frame of the log, taking later commits with it. So the
 /// first failure is kept in `failure` and answers every later request until the spooler
 /// restarts and recovers from what is on disk (as PostgreSQL does after a failed fsync).
-fn run_syncer(log: &Path, committed: mpsc::Receiver<Committed>, failure: &OnceLock<String>) {
+/// After each fsync the writer hears how many groups it covered (`synced`).
+fn run_syncer(
+    log: &Path,
+    committed: mpsc::Receiver<Committed>,
+    synced: &Sender<usize>,
+    failure: &OnceLock<String>,
+) {
     while let Ok(mut waiting) = committed.recv() {
+        let mut groups = 1;
         for more in committed.try_iter() {
             waiting.requests.extend(more.requests);
             waiting.documents.extend(more.documents);
+            groups += 1;
         }
-        if let Some(failure) = failure.get() {
-            for request in waiting.requests {
-                request.answer(Err(StoreError::Unavailable(failure.clone())));
-            }
-            continue;
-        }
-        waiting
-            .documents
-            .dedup_by(|later, earlier| Arc::ptr_eq(later, earlier));
-        // The document log's segments are fsynced beside the database's log, at the same
-        // time: the order they reach the disk in does not matter (see `document_log`), only
-        // that both have before anyone hears of it. The log is opened each time: its inode
-        // is the one SQLite writes now, and fsync flushes the file's data whichever
-        // descriptor asks.
-        let sync_log = || std::fs::File::open(log)?.sync_data();
-        let synced = if waiting.documents.is_empty() {
-            sync_log()
-        } else {
-            std::thread::scope(|scope| {
-                let documents = scope.spawn(|| {
-                    waiting
-                        .documents
-                        .iter()
-                        .try_for_each(|segment| segment.sync_data())
-                });
-                let logged = sync_log();
-                let documents = documents
-                    .join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("document fsync panicked")));
-                logged.and(documents)
-            })
-        };
-        if let Err(error) = &synced {
-            tracing::error!(
-                %error,
-                log = %log.display(),
-                "cannot fsync the job store's log; no write is acknowledged until a restart"
-            );
-            let _ = failure.set(format!(
-                "cannot fsync the job store's log ({error}); the spooler must restart"
-            ));
-        }
+        sync_and_answer(log, waiting, failure);
+        // The writer is gone only when the store is: nobody to tell then.
+        let _ = synced.send(groups);
+    }
+}
+
+/// One fsync for the requests `waiting` and the document log segments written for them
+/// (see `run_syncer`), then their answers.
+fn sync_and_answer(log: &Path, mut waiting: Committed, failure: &OnceLock<String>) {
+    if let Some(failure) = failure.get() {
         for request in waiting.requests {
-            request.answer(match failure.get() {
-                None => Ok(()),
-                Some(failure) => Err(StoreError::Unavailable(failure.clone())),
-            });
+            request.answer(Err(StoreError::Unavailable(failure.clone())));
         }
+        return;
+    }
+    waiting
+        .documents
+        .dedup_by(|later, earlier| Arc::ptr_eq(later, earlier));
+    // The document log's segments are fsynced beside the database's log, at the same
+    // time: the order they reach the disk in does not matter (see `document_log`), only
+    // that both have before anyone hears of it. The log is opened each time: its inode
+    // is the one SQLite writes now, and fsync flushes the file's data whichever
+    // descriptor asks.
+    let sync_log = || std::fs::File::open(log)?.sync_data();
+    let synced = if waiting.documents.is_empty() {
+        sync_log()
+    } else {
+        std::thread::scope(|scope| {
+            let documents = scope.spawn(|| {
+                waiting
+                    .documents
+                    .iter()
+                    .try_for_each(|segment| segment.sync_data())
+            });
+            let logged = sync_log();
+            let documents = documents
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("document fsync panicked")));
+            logged.and(documents)
+        })
+    };
+    if let Err(error) = &synced {
+        tracing::error!(
+            %error,
+            log = %log.display(),
+            "cannot fsync the job store's log; no write is acknowledged until a restart"
+        );
+        let _ = failure.set(format!(
+            "cannot fsync the job store's log ({error}); the spooler must restart"
+        ));
+    }
+    for request in waiting.requests {
+        request.answer(match failure.get() {
+            None => Ok(()),
+            Some(failure) => Err(StoreError::Unavailable(failure.clone())),
+        });
     }
 }
 
@@ -824,15 +901,15 @@ fn run_syncer(log: &Path, committed: mpsc::Receiver<Committed>, failure: &OnceLo
 /// in one transaction and commits it; `batch` gets the requests applied. Requests that
 /// arrive meanwhile join the batch, but once the bookkeeping requests are applied and none
 /// is left waiting the transaction commits at once: a claim or an outcome waits for at
-/// most one submission, never for a whole batch of them.
+/// most one submission, never for a whole batch of them. Submissions alone commit once
+/// none waits and the syncer is done with the earlier ones (`Inbox::syncer_busy`).
 fn apply_batch(
     conn: &mut Connection,
-    waiting: &mut Waiting,
-    requests: &mpsc::Receiver<Box<dyn WriteRequest>>,
+    inbox: &mut Inbox,
     batch: &mut Vec<Box<dyn WriteRequest>>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    waiting.receive_more(requests);
+    inbox.receive_more();
     // Prepared once: a savepoint per request is two or three statements each time.
     let run = |sql: &str| {
         tx.prepare_cached(sql)
@@ -841,7 +918,10 @@ fn apply_batch(
     // Whether this batch carries bookkeeping to commit promptly.
     let mut prompt = false;
     while batch.len() < MAX_BATCH {
-        let Some(mut request) = waiting.next() else {
+        let Some(mut request) = inbox.waiting.next() else {
+            if !prompt && inbox.syncer_busy() && inbox.wait_for_more() {
+                continue;
+            }
             break;
         };
         run("SAVEPOINT request")?;
@@ -853,8 +933,8 @@ fn apply_batch(
             run("ROLLBACK TO request")?;
         }
         run("RELEASE request")?;
-        waiting.receive_more(requests);
-        if prompt && waiting.relaxed.is_empty() {
+        inbox.receive_more();
+        if prompt && inbox.waiting.relaxed.is_empty() {
             break;
         }
     }
@@ -2129,13 +2209,12 @@ mod tests {
             [pause("a", false), pause("b", true), pause("c", false)]
                 .into_iter()
                 .unzip();
-        let mut waiting = Waiting::default();
+        let (_senders, mut inbox) = test_inbox();
         for request in requests {
-            waiting.push(request);
+            inbox.waiting.push(request);
         }
-        let (_sender, receiver) = mpsc::channel();
         let mut batch = Vec::new();
-        let outcome = apply_batch(&mut conn, &mut waiting, &receiver, &mut batch);
+        let outcome = apply_batch(&mut conn, &mut inbox, &mut batch);
         assert!(outcome.is_ok(), "{outcome:?}");
         for request in batch {
             request.answer(Ok(()));
@@ -2150,13 +2229,28 @@ mod tests {
         assert_eq!(store.paused_queues().await.expect("paused"), vec!["a", "c"]);
     }
 
+    /// What the store's callers and the syncer send to the writer's inbox.
+    struct InboxSenders {
+        requests: Sender<Box<dyn WriteRequest>>,
+        synced: Sender<usize>,
+    }
+
+    fn test_inbox() -> (InboxSenders, Inbox) {
+        let (requests, requests_received) = crossbeam_channel::unbounded();
+        let (synced, synced_received) = crossbeam_channel::unbounded();
+        (
+            InboxSenders { requests, synced },
+            Inbox::new(requests_received, synced_received),
+        )
+    }
+
     /// A writer's connection, with two submissions waiting for it.
-    fn two_submissions_waiting(backend: &SqliteBackend) -> (Connection, Waiting) {
+    fn two_submissions_waiting(backend: &SqliteBackend) -> (Connection, InboxSenders, Inbox) {
         let conn = backend.writer_connection();
-        let mut waiting = Waiting::default();
-        waiting.push(pause("submission-1", false).0);
-        waiting.push(pause("submission-2", false).0);
-        (conn, waiting)
+        let (senders, mut inbox) = test_inbox();
+        inbox.waiting.push(pause("submission-1", false).0);
+        inbox.waiting.push(pause("submission-2", false).0);
+        (conn, senders, inbox)
     }
 
     fn kinds(batch: &[Box<dyn WriteRequest>]) -> Vec<Durability> {
@@ -2166,19 +2260,103 @@ mod tests {
     #[test]
     fn bookkeeping_goes_first_and_commits_without_waiting_for_submissions() {
         let backend = SqliteBackend::new();
-        let (mut conn, mut waiting) = two_submissions_waiting(&backend);
-        let (sender, receiver) = mpsc::channel();
+        let (mut conn, senders, mut inbox) = two_submissions_waiting(&backend);
         // Arrives after the submissions.
-        sender
+        senders
+            .requests
             .send(pause_with("claim", false, Durability::ProcessCrash).0)
             .expect("send");
         let mut first = Vec::new();
-        apply_batch(&mut conn, &mut waiting, &receiver, &mut first).expect("first batch");
+        apply_batch(&mut conn, &mut inbox, &mut first).expect("first batch");
         assert_eq!(kinds(&first), vec![Durability::ProcessCrash]);
         let mut second = Vec::new();
-        apply_batch(&mut conn, &mut waiting, &receiver, &mut second).expect("second batch");
+        apply_batch(&mut conn, &mut inbox, &mut second).expect("second batch");
         assert_eq!(kinds(&second), vec![Durability::Fsync, Durability::Fsync]);
-        assert!(waiting.is_empty());
+        assert!(inbox.waiting.is_empty());
+    }
+
+    /// Sends each request after a pause, from a thread of its own, then says the syncer
+    /// is done when `synced` (and not before).
+    fn send_later(
+        senders: InboxSenders,
+        requests: Vec<Box<dyn WriteRequest>>,
+        synced: bool,
+    ) -> JoinHandle<InboxSenders> {
+        std::thread::spawn(move || {
+            for request in requests {
+                std::thread::sleep(Duration::from_millis(50));
+                senders.requests.send(request).expect("send");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            if synced {
+                senders.synced.send(1).expect("send");
+            }
+            senders
+        })
+    }
+
+    #[test]
+    fn submissions_wait_in_the_open_transaction_while_the_syncer_is_busy() {
+        use Durability::*;
+        let backend = SqliteBackend::new();
+        let (mut conn, senders, mut inbox) = two_submissions_waiting(&backend);
+        inbox.unsynced = 1;
+        let later = send_later(senders, vec![pause("submission-3", false).0], true);
+        let mut batch = Vec::new();
+        apply_batch(&mut conn, &mut inbox, &mut batch).expect("batch");
+        assert_eq!(
+            kinds(&batch),
+            vec![Fsync, Fsync, Fsync],
+            "one commit once the syncer is done"
+        );
+        assert!(!inbox.syncer_busy());
+        let senders = later.join().expect("sender thread");
+        // With the syncer idle, they commit as soon as none waits.
+        inbox.waiting.push(pause("submission-4", false).0);
+        let mut next = Vec::new();
+        apply_batch(&mut conn, &mut inbox, &mut next).expect("batch");
+        assert_eq!(kinds(&next), vec![Fsync]);
+        drop(senders);
+    }
+
+    #[test]
+    fn bookkeeping_commits_the_submissions_waiting_for_the_syncer_with_it() {
+        use Durability::*;
+        let backend = SqliteBackend::new();
+        let (mut conn, senders, mut inbox) = two_submissions_waiting(&backend);
+        inbox.unsynced = 1;
+        // The syncer never says it is done.
+        let outcome = pause_with("outcome", false, ProcessCrash).0;
+        let later = send_later(senders, vec![outcome], false);
+        let mut batch = Vec::new();
+        apply_batch(&mut conn, &mut inbox, &mut batch).expect("batch");
+        assert_eq!(kinds(&batch), vec![Fsync, Fsync, ProcessCrash]);
+        assert!(inbox.syncer_busy());
+        drop(later.join().expect("sender thread"));
+    }
+
+    #[test]
+    fn submissions_do_not_wait_for_a_syncer_that_has_stopped() {
+        let backend = SqliteBackend::new();
+        let (mut conn, senders, mut inbox) = two_submissions_waiting(&backend);
+        inbox.unsynced = 1;
+        drop(senders.synced);
+        let mut batch = Vec::new();
+        apply_batch(&mut conn, &mut inbox, &mut batch).expect("batch");
+        assert_eq!(kinds(&batch), vec![Durability::Fsync, Durability::Fsync]);
+        assert!(!inbox.syncer_busy());
+    }
+
+    #[test]
+    fn submissions_waiting_for_the_syncer_commit_when_the_store_is_dropped() {
+        let backend = SqliteBackend::new();
+        let (mut conn, senders, mut inbox) = two_submissions_waiting(&backend);
+        inbox.unsynced = 1;
+        drop(senders.requests);
+        let mut batch = Vec::new();
+        apply_batch(&mut conn, &mut inbox, &mut batch).expect("batch");
+        assert_eq!(kinds(&batch), vec![Durability::Fsync, Durability::Fsync]);
+        drop(senders.synced);
     }
 
     #[test]
@@ -2204,7 +2382,7 @@ mod tests {
 
     #[test]
     fn watching_for_requests_takes_what_waits_and_ends_with_the_store() {
-        let (sender, receiver) = mpsc::channel();
+        let (sender, receiver) = crossbeam_channel::unbounded();
         sender
             .send(pause_with("q", false, Durability::ProcessCrash).0)
             .expect("send");
@@ -2222,12 +2400,12 @@ mod tests {
     fn a_claim_made_ahead_rides_with_the_batch_it_lands_in() {
         use Durability::*;
         let backend = SqliteBackend::new();
-        let (mut conn, mut waiting) = two_submissions_waiting(&backend);
-        let (sender, receiver) = mpsc::channel();
+        let (mut conn, senders, mut inbox) = two_submissions_waiting(&backend);
+        let sender = &senders.requests;
         let ahead = |name| pause_with(name, false, ProcessCrashWithBatch).0;
         sender.send(ahead("claim-1")).expect("send");
         let mut first = Vec::new();
-        apply_batch(&mut conn, &mut waiting, &receiver, &mut first).expect("first batch");
+        apply_batch(&mut conn, &mut inbox, &mut first).expect("first batch");
         // Applied first, but the submissions waiting are committed with it.
         assert_eq!(
             kinds(&first),
@@ -2235,16 +2413,16 @@ mod tests {
             "one commit for the claim and the submissions"
         );
         // With an outcome a printer waits for, the batch commits without the submission.
-        waiting.push(pause("submission-3", false).0);
+        inbox.waiting.push(pause("submission-3", false).0);
         sender.send(ahead("claim-2")).expect("send");
         sender
             .send(pause_with("outcome", false, ProcessCrash).0)
             .expect("send");
         let mut second = Vec::new();
-        apply_batch(&mut conn, &mut waiting, &receiver, &mut second).expect("second batch");
+        apply_batch(&mut conn, &mut inbox, &mut second).expect("second batch");
         assert_eq!(kinds(&second), vec![ProcessCrashWithBatch, ProcessCrash]);
         assert_eq!(
-            waiting.durable.len(),
+            inbox.waiting.durable.len(),
             1,
             "the submission waits for the next batch"
         );
@@ -2268,7 +2446,9 @@ mod tests {
                 })
                 .expect("send");
             drop(committed);
-            run_syncer(&path, waiting, &OnceLock::new());
+            let (report, groups) = crossbeam_channel::unbounded();
+            run_syncer(&path, waiting, &report, &OnceLock::new());
+            assert_eq!(groups.try_recv(), Ok(1), "the writer hears of one group");
             let answer = answer.await.expect("answered");
             assert_eq!(answer.is_ok(), synced, "{path:?}: {answer:?}");
             if !synced {
