@@ -2275,6 +2275,29 @@ mod tests {
         assert!(inbox.waiting.is_empty());
     }
 
+    /// `apply_batch` on a thread of its own, so that a batch that waits for good fails the
+    /// test rather than hanging it: what the batch committed, and the connection and inbox
+    /// back.
+    fn apply_in_time(
+        mut conn: Connection,
+        mut inbox: Inbox,
+    ) -> (Vec<Durability>, Connection, Inbox) {
+        let applying = std::thread::spawn(move || {
+            let mut batch = Vec::new();
+            apply_batch(&mut conn, &mut inbox, &mut batch).expect("batch");
+            (kinds(&batch), conn, inbox)
+        });
+        let started = Instant::now();
+        while !applying.is_finished() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the batch still waits"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        applying.join().expect("batch thread")
+    }
+
     /// Sends each request after a pause, from a thread of its own, then says the syncer
     /// is done when `synced` (and not before).
     fn send_later(
@@ -2299,13 +2322,12 @@ mod tests {
     fn submissions_wait_in_the_open_transaction_while_the_syncer_is_busy() {
         use Durability::*;
         let backend = SqliteBackend::new();
-        let (mut conn, senders, mut inbox) = two_submissions_waiting(&backend);
+        let (conn, senders, mut inbox) = two_submissions_waiting(&backend);
         inbox.unsynced = 1;
         let later = send_later(senders, vec![pause("submission-3", false).0], true);
-        let mut batch = Vec::new();
-        apply_batch(&mut conn, &mut inbox, &mut batch).expect("batch");
+        let (batch, conn, mut inbox) = apply_in_time(conn, inbox);
         assert_eq!(
-            kinds(&batch),
+            batch,
             vec![Fsync, Fsync, Fsync],
             "one commit once the syncer is done"
         );
@@ -2313,9 +2335,8 @@ mod tests {
         let senders = later.join().expect("sender thread");
         // With the syncer idle, they commit as soon as none waits.
         inbox.waiting.push(pause("submission-4", false).0);
-        let mut next = Vec::new();
-        apply_batch(&mut conn, &mut inbox, &mut next).expect("batch");
-        assert_eq!(kinds(&next), vec![Fsync]);
+        let (next, ..) = apply_in_time(conn, inbox);
+        assert_eq!(next, vec![Fsync]);
         drop(senders);
     }
 
@@ -2323,40 +2344,46 @@ mod tests {
     fn bookkeeping_commits_the_submissions_waiting_for_the_syncer_with_it() {
         use Durability::*;
         let backend = SqliteBackend::new();
-        let (mut conn, senders, mut inbox) = two_submissions_waiting(&backend);
+        let (conn, senders, mut inbox) = two_submissions_waiting(&backend);
         inbox.unsynced = 1;
         // The syncer never says it is done.
         let outcome = pause_with("outcome", false, ProcessCrash).0;
         let later = send_later(senders, vec![outcome], false);
-        let mut batch = Vec::new();
-        apply_batch(&mut conn, &mut inbox, &mut batch).expect("batch");
-        assert_eq!(kinds(&batch), vec![Fsync, Fsync, ProcessCrash]);
+        let (batch, _, inbox) = apply_in_time(conn, inbox);
+        assert_eq!(batch, vec![Fsync, Fsync, ProcessCrash]);
         assert!(inbox.syncer_busy());
         drop(later.join().expect("sender thread"));
     }
 
-    #[test]
-    fn submissions_do_not_wait_for_a_syncer_that_has_stopped() {
+    /// What two submissions waiting for a busy syncer commit as, once the syncer
+    /// (`syncer_gone`) or the store has dropped its sender to the writer.
+    fn batch_once_a_sender_is_gone(syncer_gone: bool) -> Vec<Durability> {
         let backend = SqliteBackend::new();
-        let (mut conn, senders, mut inbox) = two_submissions_waiting(&backend);
+        let (conn, senders, mut inbox) = two_submissions_waiting(&backend);
         inbox.unsynced = 1;
-        drop(senders.synced);
-        let mut batch = Vec::new();
-        apply_batch(&mut conn, &mut inbox, &mut batch).expect("batch");
-        assert_eq!(kinds(&batch), vec![Durability::Fsync, Durability::Fsync]);
-        assert!(!inbox.syncer_busy());
+        let InboxSenders { requests, synced } = senders;
+        let kept = if syncer_gone {
+            drop(synced);
+            (Some(requests), None)
+        } else {
+            drop(requests);
+            (None, Some(synced))
+        };
+        let (batch, ..) = apply_in_time(conn, inbox);
+        drop(kept);
+        batch
     }
 
     #[test]
-    fn submissions_waiting_for_the_syncer_commit_when_the_store_is_dropped() {
-        let backend = SqliteBackend::new();
-        let (mut conn, senders, mut inbox) = two_submissions_waiting(&backend);
-        inbox.unsynced = 1;
-        drop(senders.requests);
-        let mut batch = Vec::new();
-        apply_batch(&mut conn, &mut inbox, &mut batch).expect("batch");
-        assert_eq!(kinds(&batch), vec![Durability::Fsync, Durability::Fsync]);
-        drop(senders.synced);
+    fn submissions_stop_waiting_for_the_syncer_once_it_or_the_store_is_gone() {
+        // A stopped syncer never says it is done; a dropped store sends nothing more.
+        for syncer_gone in [true, false] {
+            assert_eq!(
+                batch_once_a_sender_is_gone(syncer_gone),
+                vec![Durability::Fsync, Durability::Fsync],
+                "syncer gone: {syncer_gone}"
+            );
+        }
     }
 
     #[test]
