@@ -650,7 +650,7 @@ impl Inbox {
     /// Whether the syncer is still busy with submissions committed earlier. Those
     /// applied now would wait for it anyway before their own fsync: kept in the open
     /// transaction until it is done, they take one commit, not one per lull between
-    /// arrivals, and so fewer pages of the log per job.
+    /// arrivals, and so fewer pages of the log per job (BENCHMARKS.md, fifteenth session).
     fn syncer_busy(&self) -> bool {
         self.unsynced > 0
     }
