@@ -299,8 +299,7 @@ impl SqliteJobStore {
         // job whose submission was refused must not print, and the restart recovers from
         // what is on disk.
         self.not_failed()?;
-        let answer = self.send(durability, work)?;
-        answer.await.map_err(|_| writer_stopped())?
+        received(self.send(durability, work)?).await
     }
 
     /// Hands `work` to the writer thread; its answer comes on the returned channel.
@@ -502,6 +501,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// Where the writer thread's answer to a request arrives.
 type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
+
+/// The writer thread's answer, or `writer_stopped` when it went away without one.
+async fn received<T>(answer: Answer<T>) -> Result<T, StoreError> {
+    answer.await.map_err(|_| writer_stopped())?
+}
 
 /// What a committed write must survive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1761,9 +1765,7 @@ impl JobStore for SqliteJobStore {
         let answer = self.send(Durability::Recorded, move |conn| {
             finish(conn, record.job, &record.claimer, record.outcome)
         })?;
-        Ok(Recorded(Box::pin(async move {
-            answer.await.map_err(|_| writer_stopped())?
-        })))
+        Ok(Recorded(Box::pin(received(answer))))
     }
 
     async fn recover(&self, current: &Claimer) -> Result<Vec<JobId>, StoreError> {
