@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use printfleet_spooler::accounting::report::ReportArgs;
@@ -193,8 +192,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         salt: Default::default(),
     });
 
-    let listener = TcpListener::bind(cli.listen)
-        .await
+    let listener = printfleet_spooler::http::listen(cli.listen)
         .with_context(|| format!("listening on {}", cli.listen))?;
     tracing::info!(
         listen = %cli.listen,

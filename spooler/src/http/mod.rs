@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
 
 use crate::accounting;
@@ -30,6 +30,26 @@ mod icon;
 
 /// How long in-flight requests may take to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Connections the kernel may complete before the spooler accepts them (the kernel caps it
+/// at `net.core.somaxconn`). The standard library's 128 overflows when a few hundred
+/// clients connect at once, a room pressing Print together: the kernel then drops their
+/// handshakes, and each of those clients waits a second or more to retry. CUPS listens with
+/// `SOMAXCONN` for the same reason.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// The listening socket for `address`.
+pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // A restarted spooler binds again while its old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Serve until `shutdown` resolves, then stop accepting and let requests in flight finish
 /// (uploads included) for up to `SHUTDOWN_GRACE`. With `tls`, every connection is IPPS.
@@ -286,4 +306,31 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More clients than the standard library's backlog connect while the spooler is busy
+    /// (nothing accepts): every one of them completes its handshake at once.
+    #[tokio::test]
+    async fn a_crowd_connecting_at_once_is_not_turned_away() {
+        let listener = listen("127.0.0.1:0".parse().expect("address")).expect("listen");
+        let address = listener.local_addr().expect("local address");
+        let clients = (0..300).map(|_| {
+            // A dropped handshake is retried after a second: well past this.
+            tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(address),
+            )
+        });
+        let connected = futures_util::future::join_all(clients).await;
+        let refused = connected
+            .iter()
+            .filter(|outcome| !matches!(outcome, Ok(Ok(_))))
+            .count();
+        assert_eq!(refused, 0, "clients that could not connect");
+        drop(listener);
+    }
 }
