@@ -236,32 +236,80 @@ impl BodyReader {
 /// Read the header and attribute groups; returns the request and the document bytes that
 /// arrived with them.
 async fn read_request(reader: &mut BodyReader) -> Result<(Request, Bytes), ReadError> {
-    let mut buffer = BytesMut::new();
+    let mut received = Received::default();
     let mut scanner = SectionScanner::default();
     loop {
-        match scanner.scan(&buffer) {
+        match scanner.scan(received.bytes()) {
             Scan::Complete(end) => {
-                let first = buffer.split_off(end).freeze();
-                let section = buffer.freeze();
+                let received = received.into_bytes();
+                let section = received.slice(..end);
                 let header = Header::read(&section);
                 let request = codec::decode(section)
                     .map_err(|error| ReadError::Malformed(header, error.to_string()))?;
-                return Ok((request, first));
+                return Ok((request, received.slice(end..)));
             }
             Scan::Malformed(reason) => {
-                return Err(ReadError::Malformed(Header::read(&buffer), reason.into()));
+                return Err(ReadError::Malformed(
+                    Header::read(received.bytes()),
+                    reason.into(),
+                ));
             }
             Scan::NeedMore => {
-                if let Some(header) = Header::read(&buffer)
-                    && buffer.len() > MAX_ATTRIBUTE_SECTION
+                if let Some(header) = Header::read(received.bytes())
+                    && received.bytes().len() > MAX_ATTRIBUTE_SECTION
                 {
                     return Err(ReadError::TooLarge(header));
                 }
                 match reader.next_chunk().await? {
-                    Some(chunk) => buffer.extend_from_slice(&chunk),
-                    None => return Err(ReadError::Truncated(Header::read(&buffer))),
+                    Some(chunk) => received.push(chunk),
+                    None => return Err(ReadError::Truncated(Header::read(received.bytes()))),
                 }
             }
+        }
+    }
+}
+
+/// The chunks of a body received so far. Usually the first chunk holds the whole attribute
+/// section and the start of the document (often all of it): it is kept as it came, and only
+/// a section spread over several chunks is copied into one buffer.
+#[derive(Default)]
+enum Received {
+    #[default]
+    Nothing,
+    One(Bytes),
+    Joined(BytesMut),
+}
+
+impl Received {
+    fn push(&mut self, chunk: Bytes) {
+        *self = match std::mem::take(self) {
+            Received::Nothing => Received::One(chunk),
+            Received::One(first) => {
+                let mut joined = BytesMut::with_capacity(first.len() + chunk.len());
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&chunk);
+                Received::Joined(joined)
+            }
+            Received::Joined(mut joined) => {
+                joined.extend_from_slice(&chunk);
+                Received::Joined(joined)
+            }
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Received::Nothing => &[],
+            Received::One(chunk) => chunk,
+            Received::Joined(joined) => joined,
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Received::Nothing => Bytes::new(),
+            Received::One(chunk) => chunk,
+            Received::Joined(joined) => joined.freeze(),
         }
     }
 }
