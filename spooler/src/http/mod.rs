@@ -34,8 +34,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Connections the kernel may complete before the spooler accepts them (the kernel caps it
 /// at `net.core.somaxconn`). The standard library's 128 overflows when a few hundred
 /// clients connect at once, a room pressing Print together: the kernel then drops their
-/// handshakes, and each of those clients waits a second or more to retry. CUPS listens with
-/// `SOMAXCONN` for the same reason.
+/// handshakes, and each of those clients waits a second or more to retry. CUPS's default
+/// (`ListenBackLog`) is `SOMAXCONN`.
 const LISTEN_BACKLOG: u32 = 4096;
 
 /// The listening socket for `address`.
@@ -331,6 +331,5 @@ mod tests {
             .filter(|outcome| !matches!(outcome, Ok(Ok(_))))
             .count();
         assert_eq!(refused, 0, "clients that could not connect");
-        drop(listener);
     }
 }

@@ -270,20 +270,23 @@ async fn read_request(reader: &mut BodyReader) -> Result<(Request, Bytes), ReadE
 }
 
 /// The chunks of a body received so far. Usually the first chunk holds the whole attribute
-/// section and the start of the document (often all of it): it is kept as it came, and only
-/// a section spread over several chunks is copied into one buffer.
-#[derive(Default)]
+/// section, and often the start of the document: it is kept as it came, and only a section
+/// spread over several chunks is copied into one buffer.
 enum Received {
-    #[default]
-    Nothing,
     One(Bytes),
     Joined(BytesMut),
+}
+
+impl Default for Received {
+    fn default() -> Self {
+        Received::One(Bytes::new())
+    }
 }
 
 impl Received {
     fn push(&mut self, chunk: Bytes) {
         *self = match std::mem::take(self) {
-            Received::Nothing => Received::One(chunk),
+            Received::One(first) if first.is_empty() => Received::One(chunk),
             Received::One(first) => {
                 let mut joined = BytesMut::with_capacity(first.len() + chunk.len());
                 joined.extend_from_slice(&first);
@@ -299,7 +302,6 @@ impl Received {
 
     fn bytes(&self) -> &[u8] {
         match self {
-            Received::Nothing => &[],
             Received::One(chunk) => chunk,
             Received::Joined(joined) => joined,
         }
@@ -307,7 +309,6 @@ impl Received {
 
     fn into_bytes(self) -> Bytes {
         match self {
-            Received::Nothing => Bytes::new(),
             Received::One(chunk) => chunk,
             Received::Joined(joined) => joined.freeze(),
         }
