@@ -16,13 +16,13 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendError, Sender, select};
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior};
 use rusqlite::{params, types::Type};
@@ -168,7 +168,7 @@ pub struct SqliteJobStore {
     /// Ends after the writer (which holds its channel) has ended.
     syncer_thread: Option<JoinHandle<()>>,
     /// Dropping it stops the checkpoint thread.
-    checkpointer: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    checkpointer: Option<(Sender<()>, JoinHandle<()>)>,
     readers: Arc<ReadPool>,
     commits: Arc<AtomicU64>,
     /// Larger inline documents (see `document_log`).
@@ -201,7 +201,7 @@ impl SqliteJobStore {
         // From here on commits only write the log; the syncer thread fsyncs it.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let (writer, requests) = crossbeam_channel::unbounded();
-        let (syncer, committed) = mpsc::channel();
+        let (syncer, committed) = crossbeam_channel::unbounded();
         let (report_synced, synced) = crossbeam_channel::unbounded();
         let commits = Arc::new(AtomicU64::new(0));
         let writer_commits = commits.clone();
@@ -402,16 +402,14 @@ const RESTART_LOG_FRAMES: i64 = 4096;
 fn start_checkpointer(
     path: &Path,
     wal_frames: Arc<AtomicI64>,
-) -> Result<(mpsc::Sender<()>, JoinHandle<()>), StoreError> {
+) -> Result<(Sender<()>, JoinHandle<()>), StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    let (stop, stopped) = mpsc::channel::<()>();
+    let (stop, stopped) = crossbeam_channel::unbounded::<()>();
     let thread = std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
         .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(CHECKPOINT_INTERVAL)
-            {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
                 // PASSIVE never blocks the writer or readers; what it cannot copy now it
                 // copies next time.
                 match checkpoint(&conn) {
@@ -682,7 +680,7 @@ impl Inbox {
 
 /// The writer thread: what it hands committed requests to and keeps up to date.
 struct Writer {
-    syncer: mpsc::Sender<Committed>,
+    syncer: Sender<Committed>,
     commits: Arc<AtomicU64>,
     documents: Arc<DocumentLog>,
     outcomes: Arc<OutcomeLog>,
@@ -751,7 +749,7 @@ impl Writer {
             requests: durable,
             documents: self.documents.take_unsynced(),
         };
-        if let Err(mpsc::SendError(committed)) = self.syncer.send(committed) {
+        if let Err(SendError(committed)) = self.syncer.send(committed) {
             for request in committed.requests {
                 request.answer(Err(StoreError::Unavailable(
                     "the SQLite syncer thread has stopped".into(),
@@ -831,7 +829,7 @@ fn log_path(database: &Path) -> PathBuf {
 /// After each fsync the writer hears how many groups it covered (`synced`).
 fn run_syncer(
     log: &Path,
-    committed: mpsc::Receiver<Committed>,
+    committed: Receiver<Committed>,
     synced: &Sender<usize>,
     failure: &OnceLock<String>,
 ) {
@@ -2465,7 +2463,7 @@ mod tests {
         for (path, synced) in [(log.clone(), true), (log.with_extension("gone"), false)] {
             let mut conn = Connection::open_in_memory().expect("database");
             migrate(&mut conn).expect("schema");
-            let (committed, waiting) = mpsc::channel();
+            let (committed, waiting) = crossbeam_channel::unbounded();
             let (mut request, answer) = pause("a", false);
             assert!(request.apply(&conn), "applied");
             committed
@@ -2699,7 +2697,7 @@ mod tests {
         commit_pages(0);
         let grown = wal_bytes();
         let writer = Writer {
-            syncer: mpsc::channel().0,
+            syncer: crossbeam_channel::unbounded().0,
             commits: Arc::default(),
             documents: Arc::new(
                 DocumentLog::open(&document_log::directory_of(&backend.path()), 1 << 20)
