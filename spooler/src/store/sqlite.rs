@@ -125,8 +125,8 @@ use outcome_log::{OutcomeLog, OutcomeRecord};
 /// took 60 µs on average (1.4 ms at the 99th percentile); handing it to a blocking thread
 /// and waking the task again took 5.7 ms (28 ms), the task waiting for a busy async thread
 /// (BENCHMARKS.md, thirteenth session). Larger records (the inline limit is configurable),
-/// and one that starts a new segment (which fsyncs the directory), are written on a
-/// blocking thread.
+/// and one that needs a segment when none is made ahead (making one fsyncs the directory),
+/// are written on a blocking thread.
 const APPEND_IN_PLACE_MAX: usize = 256 * 1024;
 
 /// Most requests committed by one transaction, so one batch cannot starve the next callers.
@@ -325,8 +325,8 @@ impl SqliteJobStore {
 
     /// Append an inline document large enough for the document log to it before its job
     /// goes to the writer: the writer only records where it is. A record of at most
-    /// [`APPEND_IN_PLACE_MAX`] bytes that fits the current segment is written here, on the
-    /// async thread; the others go to a blocking thread.
+    /// [`APPEND_IN_PLACE_MAX`] bytes is written here, on the async thread, unless it needs
+    /// a segment and none is made yet; the others go to a blocking thread.
     async fn log_document(
         &self,
         document: Option<&NewDocument>,
@@ -337,16 +337,36 @@ impl SqliteJobStore {
             }
             _ => return Ok(None),
         };
-        if bytes.len() <= APPEND_IN_PLACE_MAX
-            && let Some(appended) = self.documents.append_to_current(&bytes)?
-        {
-            return Ok(Some(appended));
+        let in_place = if bytes.len() <= APPEND_IN_PLACE_MAX {
+            self.documents.try_append(&bytes)?
+        } else {
+            None
+        };
+        let appended = match in_place {
+            Some(appended) => appended,
+            None => {
+                let log = self.documents.clone();
+                tokio::task::spawn_blocking(move || log.append(&bytes))
+                    .await
+                    .map_err(|e| StoreError::Internal(format!("document log task failed: {e}")))??
+            }
+        };
+        if appended.started_segment() {
+            self.make_spare_segment();
         }
-        let log = self.documents.clone();
-        let appended = tokio::task::spawn_blocking(move || log.append(&bytes))
-            .await
-            .map_err(|e| StoreError::Internal(format!("document log task failed: {e}")))??;
         Ok(Some(appended))
+    }
+
+    /// Makes the document log's next segment on a blocking thread, while submissions go on
+    /// into the one just started.
+    fn make_spare_segment(&self) {
+        let log = self.documents.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = log.make_spare() {
+                // The record that needs a segment makes one then, and hears of any error.
+                tracing::warn!(%error, "cannot make the document log's next segment ahead");
+            }
+        });
     }
 
     /// Run `work` on a read-only connection, inside one read transaction (a consistent
@@ -387,6 +407,8 @@ impl Drop for SqliteJobStore {
                 tracing::error!("the SQLite checkpoint thread panicked");
             }
         }
+        // A segment still being made ahead is finished first, and none is made after.
+        self.documents.close();
     }
 }
 
@@ -2047,9 +2069,35 @@ mod tests {
             read(larger_id).await.expect("larger"),
             Some(Bytes::from(larger))
         );
+        // The reopened log appends to segment 3 and has 4 made ahead; the first opening's
+        // spare, 2, held nothing and is gone.
         assert_eq!(
             segment_files(&backend),
-            ["000000000001.log", "000000000002.log"]
+            ["000000000001.log", "000000000003.log", "000000000004.log"]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_next_segment_is_made_ahead_while_submissions_go_on() {
+        let backend = SqliteBackend::new();
+        let store = SqliteJobStore::open_with_segments(&backend.path(), 100_000).expect("open");
+        for n in 0..3 {
+            let job = store.create_job(with_document("a", vec![n; 40_000])).await;
+            job.expect("create");
+        }
+        // The third job started segment 2, made at opening; 3 is made on another thread.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while segment_files(&backend).len() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "no segment made ahead: {:?}",
+                segment_files(&backend)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            segment_files(&backend),
+            ["000000000001.log", "000000000002.log", "000000000003.log"]
         );
     }
 
@@ -2063,7 +2111,9 @@ mod tests {
             ids.push(job.expect("create").id);
         }
         // Two 40 KB records fit in a segment: jobs 1-2 in segment 1, 3-4 in 2, 5-6 in 3.
-        assert_eq!(segment_files(&backend).len(), 3);
+        // Segment 4 is made ahead, maybe still now: made here, the list cannot change.
+        store.documents.make_spare().expect("make the spare");
+        assert_eq!(segment_files(&backend).len(), 4);
         for id in &ids[..3] {
             store.apply(*id, UserAction::Cancel).await.expect("cancel");
         }
@@ -2072,10 +2122,11 @@ mod tests {
             .purge_history("office", far_future, 0)
             .await
             .expect("purge");
-        // Segment 2 still holds job 4's document, pending; segment 3 is being appended to.
+        // Segment 2 still holds job 4's document, pending; segment 3 is being appended to,
+        // 4 is the spare.
         assert_eq!(
             segment_files(&backend),
-            ["000000000002.log", "000000000003.log"]
+            ["000000000002.log", "000000000003.log", "000000000004.log"]
         );
         for (n, id) in ids.iter().enumerate().skip(3) {
             let bytes = store.inline_document(*id, 1).await.expect("read");
