@@ -282,20 +282,26 @@ impl DocumentLog {
     where
         E: From<std::io::Error>,
     {
-        let mut segments = lock(&self.segments);
-        let older: Vec<i64> = segments
-            .present
-            .range(..segments.current)
-            .copied()
-            .collect();
-        for segment in older {
-            if segments.pinned.contains_key(&segment) || referenced(segment)? {
+        // Records only go into the current segment or the spare, so an older segment with
+        // no append on its way now never gets one: the lock is not held while rows are
+        // looked up and files removed (a 64 MiB one takes a while), so appends go on.
+        let unpinned: Vec<i64> = {
+            let segments = lock(&self.segments);
+            segments
+                .present
+                .range(..segments.current)
+                .filter(|segment| !segments.pinned.contains_key(segment))
+                .copied()
+                .collect()
+        };
+        for segment in unpinned {
+            if referenced(segment)? {
                 continue;
             }
             match std::fs::remove_file(segment_path(&self.directory, segment)) {
                 Err(error) if error.kind() != ErrorKind::NotFound => return Err(error.into()),
                 _ => {
-                    segments.present.remove(&segment);
+                    lock(&self.segments).present.remove(&segment);
                 }
             }
         }
@@ -378,6 +384,8 @@ fn header(bytes: &[u8]) -> [u8; HEADER_BYTES] {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -526,6 +534,34 @@ mod tests {
         assert_eq!(
             segments(dir.path()),
             ["000000000004.log", "000000000005.log"]
+        );
+    }
+
+    #[test]
+    fn appends_go_on_while_unreferenced_segments_are_looked_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open(dir.path(), 50_000);
+        log.append(&pattern(30_000, 1)).expect("append");
+        log.append(&pattern(30_000, 2)).expect("append");
+        log.make_spare().expect("make the spare");
+        let (appended, appended_meanwhile) = std::sync::mpsc::channel();
+        log.remove_unreferenced(|_| {
+            let log = log.clone();
+            let appended = appended.clone();
+            std::thread::spawn(move || {
+                let _ = appended.send(log.try_append(&pattern(100, 3)).map(|a| a.is_some()));
+            });
+            let meanwhile = appended_meanwhile.recv_timeout(Duration::from_secs(5));
+            assert!(
+                matches!(meanwhile, Ok(Ok(true))),
+                "an append waited for the lookup: {meanwhile:?}"
+            );
+            Ok::<_, Error>(false)
+        })
+        .expect("remove");
+        assert_eq!(
+            segments(dir.path()),
+            ["000000000002.log", "000000000003.log"]
         );
     }
 
