@@ -13,11 +13,12 @@
 //! any order, so fsyncing the segment first would not prevent it); such a job was never
 //! acknowledged, and reading it reports the record as damaged instead of returning wrong
 //! bytes. A segment is removed once no document row points into it and no append is on its
-//! way to a row; the segment being appended to is never removed.
+//! way to a row; the segment being appended to, and the spare, are never removed.
 //!
 //! The next segment is made ahead of need (a spare). Making one fsyncs the directory, which
 //! took 0.25 to 1.2 ms at 256 clients, and appenders waited behind the lock for up to 7 ms
-//! meanwhile, async threads among them; starting the spare is a few assignments.
+//! meanwhile, async threads among them (BENCHMARKS.md, seventeenth session); starting the
+//! spare is a few assignments.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -273,8 +274,8 @@ impl DocumentLog {
         std::mem::take(&mut lock(&self.segments).unsynced)
     }
 
-    /// Remove every segment but the current one for which `referenced` says no document
-    /// row points into it any more and no append is still on its way to a row.
+    /// Remove every segment older than the current one for which `referenced` says no
+    /// document row points into it any more and no append is still on its way to a row.
     pub fn remove_unreferenced<E>(
         &self,
         mut referenced: impl FnMut(i64) -> Result<bool, E>,
