@@ -2407,8 +2407,9 @@ mod tests {
     }
 
     /// What two submissions waiting for a busy syncer commit as, once the syncer
-    /// (`syncer_gone`) or the store has dropped its sender to the writer.
-    fn batch_once_a_sender_is_gone(syncer_gone: bool) -> Vec<Durability> {
+    /// (`syncer_gone`) or the store has dropped its sender to the writer, and whether the
+    /// writer still counts the syncer busy after.
+    fn batch_once_a_sender_is_gone(syncer_gone: bool) -> (Vec<Durability>, bool) {
         let backend = SqliteBackend::new();
         let (conn, senders, mut inbox) = two_submissions_waiting(&backend);
         inbox.unsynced = 1;
@@ -2420,20 +2421,24 @@ mod tests {
             drop(requests);
             (None, Some(synced))
         };
-        let (batch, ..) = apply_in_time(conn, inbox);
+        let (batch, _, inbox) = apply_in_time(conn, inbox);
         drop(kept);
-        batch
+        (batch, inbox.syncer_busy())
     }
 
     #[test]
     fn submissions_stop_waiting_for_the_syncer_once_it_or_the_store_is_gone() {
         // A stopped syncer never says it is done; a dropped store sends nothing more.
         for syncer_gone in [true, false] {
+            let (batch, syncer_busy) = batch_once_a_sender_is_gone(syncer_gone);
             assert_eq!(
-                batch_once_a_sender_is_gone(syncer_gone),
+                batch,
                 vec![Durability::Fsync, Durability::Fsync],
                 "syncer gone: {syncer_gone}"
             );
+            if syncer_gone {
+                assert!(!syncer_busy, "a stopped syncer is waited for no more");
+            }
         }
     }
 
